@@ -1,0 +1,282 @@
+"""All product I/O: FITS images and tables, HEALPix maps, WCS headers, provenance.
+
+Every writer is atomic: the data go to a temporary file beside the target, which is
+renamed over the target only once complete, so a killed job never leaves a product that
+looks finished. FITS products carry CHECKSUM/DATASUM and the provenance cards of
+:func:`provenance` (package version, config hash, seed, model hash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from . import __version__
+from .config import config_hash
+
+__all__ = [
+    "ProductError",
+    "atomic_output",
+    "file_hash",
+    "image_hdu",
+    "provenance",
+    "read_healpix",
+    "read_images",
+    "read_table",
+    "save_npy",
+    "tan_header",
+    "write_fits",
+    "write_healpix",
+    "write_table",
+]
+
+HEALPIX_ORDERING = "RING"
+HEALPIX_COORDSYS = "C"
+
+
+class ProductError(ValueError):
+    """A product file is missing something it must hold; the message names file and key."""
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    The temporary file is removed if the block raises, so ``path`` either holds a
+    complete product or does not exist (or keeps its previous content).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def file_hash(path: str | os.PathLike, length: int = 16) -> str:
+    """SHA-256 of a file's bytes (first ``length`` hex digits), e.g. a model checkpoint."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+def provenance(
+    config: Mapping[str, Any] | None = None,
+    *,
+    seed: int | None = None,
+    model_hash: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Header cards recording how a product was made.
+
+    Returns a mapping of FITS keyword to value: ``KDVERS`` (package version), ``CFGHASH``
+    (hash of the configuration), ``SEED``, ``MODHASH`` (checkpoint hash) and ``DATE``,
+    followed by ``extra`` (keywords upper-cased; values must be FITS-representable).
+    """
+    cards: dict[str, Any] = {"KDVERS": __version__}
+    if config is not None:
+        cards["CFGHASH"] = config_hash(config)
+    if seed is not None:
+        cards["SEED"] = int(seed)
+    if model_hash is not None:
+        cards["MODHASH"] = model_hash
+    cards["DATE"] = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    for key, value in extra.items():
+        cards[key.upper()] = value
+    return cards
+
+
+def _fill(header: fits.Header, cards: Mapping[str, Any] | None) -> fits.Header:
+    for key, value in (cards or {}).items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        # long strings (paths) go through astropy's CONTINUE convention
+        header[key] = value
+    return header
+
+
+def tan_header(ra_deg: float, dec_deg: float, npix: int, pixel_scale_arcmin: float) -> fits.Header:
+    """Gnomonic (TAN) WCS of a square patch, oriented as DS9 shows the sky.
+
+    Array index ``[row, col]``: row grows with Dec (north up), col grows toward
+    decreasing RA (east left), so ``CDELT1 < 0`` and ``CDELT2 > 0``. The reference
+    pixel is the patch centre, ``CRPIX = (npix + 1) / 2`` in FITS' 1-based pixels.
+    Leading array axes (bin, sample) are not described (``WCSAXES = 2``).
+    """
+    h = fits.Header()
+    h["WCSAXES"] = 2
+    h["CTYPE1"] = "RA---TAN"
+    h["CTYPE2"] = "DEC--TAN"
+    h["CUNIT1"] = "deg"
+    h["CUNIT2"] = "deg"
+    h["CRVAL1"] = float(ra_deg) % 360.0
+    h["CRVAL2"] = float(dec_deg)
+    h["CRPIX1"] = (npix + 1) / 2.0
+    h["CRPIX2"] = (npix + 1) / 2.0
+    h["CDELT1"] = -pixel_scale_arcmin / 60.0
+    h["CDELT2"] = pixel_scale_arcmin / 60.0
+    h["RADESYS"] = "ICRS"
+    return h
+
+
+def image_hdu(
+    name: str,
+    data: np.ndarray,
+    header: fits.Header | Mapping[str, Any] | None = None,
+    dtype: Any = np.float32,
+) -> fits.ImageHDU:
+    """An image extension named ``name`` holding ``data`` cast to ``dtype``."""
+    hdr = header.copy() if isinstance(header, fits.Header) else _fill(fits.Header(), header)
+    return fits.ImageHDU(np.ascontiguousarray(data, dtype=dtype), header=hdr, name=name)
+
+
+def write_fits(
+    path: str | os.PathLike,
+    hdus: Sequence[fits.ImageHDU | fits.BinTableHDU],
+    primary_header: fits.Header | Mapping[str, Any] | None = None,
+) -> Path:
+    """Write an empty primary HDU (with ``primary_header``) followed by ``hdus``, atomically."""
+    prim = fits.PrimaryHDU(
+        header=primary_header.copy()
+        if isinstance(primary_header, fits.Header)
+        else _fill(fits.Header(), primary_header)
+    )
+    with atomic_output(path) as tmp:
+        fits.HDUList([prim, *hdus]).writeto(tmp, overwrite=True, checksum=True)
+    return Path(path)
+
+
+def read_images(
+    path: str | os.PathLike, names: Sequence[str] | None = None
+) -> tuple[dict[str, np.ndarray], fits.Header]:
+    """Read image extensions by name; returns ``({name: array}, primary header)``.
+
+    Raises :class:`ProductError` naming the file and the missing extension.
+    """
+    out: dict[str, np.ndarray] = {}
+    with fits.open(path, memmap=False) as hdul:
+        available = [h.name for h in hdul[1:]]
+        wanted = available if names is None else list(names)
+        for name in wanted:
+            if name.upper() not in available:
+                raise ProductError(f"{path}: no HDU '{name}' (found {available})")
+            out[name] = np.asarray(hdul[name.upper()].data)
+        header = hdul[0].header.copy()
+        if wanted:
+            # the first image's WCS travels with the primary cards for convenience
+            for key in ("CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CDELT1", "CDELT2"):
+                if key in hdul[wanted[0].upper()].header and key not in header:
+                    header[key] = hdul[wanted[0].upper()].header[key]
+    return out, header
+
+
+def write_table(
+    path: str | os.PathLike,
+    columns: Mapping[str, np.ndarray],
+    header: Mapping[str, Any] | None = None,
+    name: str = "TABLE",
+) -> Path:
+    """Write a binary table (one column per entry of ``columns``), atomically."""
+    cols = []
+    for key, values in columns.items():
+        arr = np.asarray(values)
+        fmt = {
+            "i": "K",
+            "u": "K",
+            "f": "E" if arr.dtype.itemsize <= 4 else "D",
+            "b": "L",
+        }.get(arr.dtype.kind)
+        if fmt is None:
+            arr = arr.astype(str)
+            fmt = f"{max(1, max((len(s) for s in arr), default=1))}A"
+        cols.append(fits.Column(name=key, format=fmt, array=arr))
+    table = fits.BinTableHDU.from_columns(cols, name=name)
+    _fill(table.header, header)
+    return write_fits(path, [table], primary_header=header)
+
+
+def read_table(
+    path: str | os.PathLike, name: str = "TABLE"
+) -> tuple[dict[str, np.ndarray], fits.Header]:
+    """Read a table written by :func:`write_table`: ``({column: array}, table header)``."""
+    with fits.open(path, memmap=False) as hdul:
+        if name.upper() not in [h.name for h in hdul]:
+            raise ProductError(f"{path}: no table HDU '{name}'")
+        hdu = hdul[name.upper()]
+        data = {c: np.array(hdu.data[c]) for c in hdu.columns.names}
+        return data, hdu.header.copy()
+
+
+def write_healpix(
+    path: str | os.PathLike,
+    maps: np.ndarray,
+    names: Sequence[str] | None = None,
+    header: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write HEALPix maps ``[n_map, npix]`` (RING, COORDSYS='C') as one binary table.
+
+    Columns are named ``names`` (default BIN1..BINn); the layout is the one
+    ``healpy.read_map(path, field=...)`` reads.
+    """
+    maps = np.atleast_2d(np.asarray(maps, dtype=np.float32))
+    nside = int(round(np.sqrt(maps.shape[1] / 12)))
+    if 12 * nside * nside != maps.shape[1]:
+        raise ProductError(f"{path}: {maps.shape[1]} pixels is not a HEALPix map size")
+    names = list(names) if names is not None else [f"BIN{i + 1}" for i in range(len(maps))]
+    cols = [fits.Column(name=n, format="E", array=m) for n, m in zip(names, maps, strict=True)]
+    table = fits.BinTableHDU.from_columns(cols, name="HEALPIX")
+    h = table.header
+    h["PIXTYPE"] = "HEALPIX"
+    h["ORDERING"] = HEALPIX_ORDERING
+    h["COORDSYS"] = HEALPIX_COORDSYS
+    h["NSIDE"] = nside
+    h["FIRSTPIX"] = 0
+    h["LASTPIX"] = maps.shape[1] - 1
+    h["INDXSCHM"] = "IMPLICIT"
+    h["OBJECT"] = "FULLSKY"
+    _fill(h, header)
+    return write_fits(path, [table], primary_header=header)
+
+
+def read_healpix(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
+    """Read maps written by :func:`write_healpix`: ``(maps [n_map, npix] float32, header)``.
+
+    Raises :class:`ProductError` if the file is not RING-ordered equatorial HEALPix.
+    """
+    with fits.open(path, memmap=True) as hdul:
+        if len(hdul) < 2:
+            raise ProductError(f"{path}: no HEALPix table extension")
+        hdu = hdul[1]
+        h = hdu.header
+        if h.get("PIXTYPE") != "HEALPIX":
+            raise ProductError(f"{path}: PIXTYPE is {h.get('PIXTYPE')!r}, not 'HEALPIX'")
+        if h.get("ORDERING") != HEALPIX_ORDERING:
+            raise ProductError(f"{path}: ORDERING is {h.get('ORDERING')!r}, expected RING")
+        if h.get("COORDSYS", HEALPIX_COORDSYS) != HEALPIX_COORDSYS:
+            raise ProductError(f"{path}: COORDSYS is {h.get('COORDSYS')!r}, expected 'C'")
+        maps = np.stack([np.asarray(hdu.data[c], dtype=np.float32) for c in hdu.columns.names])
+        return maps, h.copy()
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Save an array as .npy atomically (memory-mappable with ``np.load(mmap_mode='r')``)."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    return Path(path)

@@ -1,0 +1,36 @@
+# Config validation and helpers shared by every rule file.
+import os
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The Snakefile itself imports the library's config checks; jobs import the installed
+# package (`pip install -e .`, or the `-e ..` line of envs/kappadiff.yaml under conda).
+SRC = os.path.join(workflow.basedir, "src")
+if SRC not in sys.path:
+    sys.path.insert(0, SRC)
+
+from kappadiff.config import check_config  # noqa: E402
+
+validate(config, "../schemas/config.schema.yaml")
+check_config(config)
+
+RESULTS = config["results"]
+ENV = "../../envs/kappadiff.yaml"
+
+
+wildcard_constraints:
+    sim=r"\d{3}",
+    patch=r"\d{4}",
+
+
+def sim_name(i):
+    """Directory name of simulated sky i (sim000, sim001, ...)."""
+    return f"sim{int(i):03d}"
+
+
+def final_products():
+    """Everything `rule all` builds with the current config."""
+    return [f"{RESULTS}/config.resolved.yaml"]
