@@ -7,9 +7,17 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/provenance.smk"
+include: "workflow/rules/sims.smk"
+include: "workflow/rules/layout.smk"
+include: "workflow/rules/catalogue.smk"
+include: "workflow/rules/baselines.smk"
+include: "workflow/rules/prior.smk"
+include: "workflow/rules/posterior.smk"
+include: "workflow/rules/mosaic.smk"
+include: "workflow/rules/validation.smk"
 
 
 rule all:
     default_target: True
     input:
-        final_products(),
+        ALL_TARGETS,

@@ -14,3 +14,6 @@ rule resolved_config:
         config=config,
     script:
         "../../scripts/resolved_config.py"
+
+
+ALL_TARGETS.append(f"{RESULTS}/config.resolved.yaml")

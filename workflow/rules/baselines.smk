@@ -1,0 +1,1 @@
+# Rules of the 'baselines' stage (see docs/architecture.md).

@@ -1,0 +1,1 @@
+# Rules of the 'catalogue' stage (see docs/architecture.md).

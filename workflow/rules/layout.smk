@@ -1,0 +1,1 @@
+# Rules of the 'layout' stage (see docs/architecture.md).

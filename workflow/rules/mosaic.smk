@@ -1,0 +1,1 @@
+# Rules of the 'mosaic' stage (see docs/architecture.md).

@@ -1,0 +1,1 @@
+# Rules of the 'posterior' stage (see docs/architecture.md).

@@ -1,0 +1,1 @@
+# Rules of the 'prior' stage (see docs/architecture.md).

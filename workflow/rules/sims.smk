@@ -1,0 +1,1 @@
+# Rules of the 'sims' stage (see docs/architecture.md).

@@ -1,0 +1,1 @@
+# Rules of the 'validation' stage (see docs/architecture.md).
