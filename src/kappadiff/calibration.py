@@ -10,9 +10,10 @@ simulation ``i`` with truth ``θ_i`` and samples ``θ_i^(s)``, draw a reference 
 the fraction of samples closer to the reference than the truth. The expected coverage
 probability at credibility ``α`` is ``ECP(α) = mean_i 1[f_i < α]``; for a calibrated
 posterior ``f`` is uniform on [0, 1] and ``ECP(α) = α`` for every reference
-distribution (TARP theorem 3). An over-confident posterior (too narrow, or biased) puts the
-truth far out in its sample cloud: ``f`` piles up near 1 and ``ECP`` falls below the
-diagonal.
+distribution (TARP theorem 3). An over-confident posterior (too narrow, or biased) leaves the
+truth outside its sample cloud, so the truth is more often nearer to or farther from the
+reference than every sample: ``f`` piles up at 0 and 1 and ``ECP`` leaves the diagonal;
+an under-confident posterior puts ``ECP`` above it.
 
 With few samples per simulation (8–16 at the default config) ``f`` only takes the values
 ``k/S``, and the plain estimator is off the diagonal by up to ``1/(S + 1)`` even for a
