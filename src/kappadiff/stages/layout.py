@@ -1,0 +1,204 @@
+"""Stages `layout_fullsky`, `layout_footprint` and `extract_patches`.
+
+The footprint layout is a deterministic function of the configuration, cheap to compute
+(under a second for the DES polygon), so the workflow calls :func:`footprint_patch_ids`
+while it builds the DAG instead of making `layout_footprint` a checkpoint: the list of
+data patches is known up front, `snakemake -n` shows every job, and the file written by
+`layout_footprint` holds the same centres in the same order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import healpy as hp
+import numpy as np
+
+from .. import footprint, sphere
+from ..products import ProductError, provenance, read_healpix, read_table, save_npy, write_table
+
+__all__ = [
+    "data_patch_ids",
+    "extract_memory_mb",
+    "extract_patches",
+    "footprint_input_files",
+    "footprint_layout_from_config",
+    "footprint_patch_ids",
+    "write_footprint_layout",
+    "write_fullsky_layout",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _geometry_cards(layout: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "NPIX": int(layout["npix"]),
+        "PIXSCALE": float(layout["pixel_scale_arcmin"]),
+        "PATCHDEG": float(layout["patch_size_deg"]),
+    }
+
+
+def footprint_layout_from_config(
+    config: Mapping[str, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Footprint patch centres and coverage from ``config['layout']`` (see the schema).
+
+    Returns ``(ra, dec, coverage)``, arrays of shape (n_patch,); patch id = array index.
+    """
+    lay = config["layout"]
+    mask = footprint.footprint_mask(lay["footprint"], lay["footprint_nside"])
+    return sphere.footprint_layout(
+        mask, lay["spacing_deg"], lay["min_coverage"], lay["patch_size_deg"]
+    )
+
+
+def footprint_patch_ids(config: Mapping[str, Any]) -> list[int]:
+    """Ids (0..n-1) of the footprint patches the configuration lays out, for the DAG."""
+    ra, _, _ = footprint_layout_from_config(config)
+    return list(range(len(ra)))
+
+
+def data_patch_ids(config: Mapping[str, Any]) -> list[int]:
+    """Footprint patch ids to reconstruct: ``sampling.patches``, or all footprint patches.
+
+    Raises
+    ------
+    ValueError
+        If ``sampling.patches`` names ids beyond the footprint layout.
+    """
+    n_patch = len(footprint_patch_ids(config))
+    wanted = config["sampling"]["patches"]
+    ids = list(range(n_patch)) if wanted == "all" else [int(i) for i in wanted]
+    beyond = [i for i in ids if i >= n_patch]
+    if beyond:
+        raise ValueError(
+            f"sampling.patches: ids {beyond} beyond the {n_patch} patches of "
+            f"layout.footprint = {config['layout']['footprint']!r}"
+        )
+    return ids
+
+
+def footprint_input_files(config: Mapping[str, Any]) -> list[str]:
+    """The footprint file the layout reads (none for the built-in DES polygon)."""
+    source = config["layout"]["footprint"]
+    return [] if source == "des" else [source]
+
+
+def extract_memory_mb(config: Mapping[str, Any], n_patch: int = 2146) -> int:
+    """Memory (MB) of one `extract_patches` job, for the rule's ``mem_mb``.
+
+    Counts the 4 maps twice (the FITS read and the stacked float32 copy), the index
+    table (int64, or int64 + float32 weights for 4 neighbours) and the float32 cut-outs,
+    plus 30 % and 500 MB for the interpreter.
+    """
+    lay = config["layout"]
+    maps = 2 * 4 * 4 * 12 * config["sims"]["nside"] ** 2
+    n_cut = n_patch * lay["npix"] ** 2
+    table = n_cut * (8 if lay["interpolation"] == "nearest" else 48)
+    return int(1.3 * (maps + table + 16 * n_cut) / 1e6) + 500
+
+
+def write_fullsky_layout(config: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write the full-sky training layout (2,146 patches at 4.2667 deg) as a table."""
+    lay = config["layout"]
+    ra, dec = sphere.fullsky_layout(lay["patch_size_deg"])
+    log.info("full-sky layout: %d patches of %.4f deg", len(ra), lay["patch_size_deg"])
+    write_table(
+        path,
+        {"id": np.arange(len(ra)), "ra": ra, "dec": dec},
+        header=provenance(config, LAYOUT="fullsky", NRINGS=40, **_geometry_cards(lay)),
+    )
+
+
+def write_footprint_layout(config: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write the data-patch layout covering the configured footprint as a table."""
+    lay = config["layout"]
+    ra, dec, cov = footprint_layout_from_config(config)
+    if len(ra) == 0:
+        raise ValueError(
+            f"layout.footprint = {lay['footprint']!r}: no patch reaches "
+            f"layout.min_coverage = {lay['min_coverage']}"
+        )
+    area = len(ra) * lay["patch_size_deg"] ** 2
+    log.info(
+        "footprint layout (%s): %d patches, spacing %.3g deg, coverage >= %.2f "
+        "(mean %.3f), %.0f deg^2 of patches",
+        lay["footprint"],
+        len(ra),
+        lay["spacing_deg"],
+        lay["min_coverage"],
+        cov.mean(),
+        area,
+    )
+    write_table(
+        path,
+        {"id": np.arange(len(ra)), "ra": ra, "dec": dec, "coverage": cov},
+        header=provenance(
+            config,
+            LAYOUT="footprint",
+            FOOTPRNT=str(lay["footprint"]),
+            SPACING=float(lay["spacing_deg"]),
+            MINCOV=float(lay["min_coverage"]),
+            **_geometry_cards(lay),
+        ),
+    )
+
+
+def _read_layout(path: str | os.PathLike, layout: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
+    table, header = read_table(path)
+    for key in ("ra", "dec"):
+        if key not in table:
+            raise ProductError(f"{path}: layout table has no column '{key}'")
+    for card, value in _geometry_cards(layout).items():
+        if card in header and not np.isclose(header[card], value, rtol=1e-6):
+            raise ProductError(
+                f"{path}: {card} = {header[card]} but the configuration gives {value}; "
+                "rebuild the layout"
+            )
+    return table["ra"].astype(np.float64), table["dec"].astype(np.float64)
+
+
+def extract_patches(
+    kappa_path: str | os.PathLike,
+    layout_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    config: Mapping[str, Any],
+) -> None:
+    """Cut every layout patch out of a sky's tomographic convergence maps.
+
+    Writes ``out_path`` (.npy, float32 ``[patch, bin, row, col]``, memory-mappable) with
+    ``layout.interpolation`` (nearest HEALPix pixel or bilinear) through one index table
+    built for the map's nside and reused for every bin.
+    """
+    lay = config["layout"]
+    ra, dec = _read_layout(layout_path, lay)
+    maps, header = read_healpix(kappa_path)
+    nside = hp.npix2nside(maps.shape[1])
+    bad = ~np.isfinite(maps)
+    if bad.any():
+        raise ValueError(f"{kappa_path}: {int(bad.sum())} non-finite pixels in the maps")
+    log.info(
+        "%s: %d maps at nside %d -> %d patches of %d px x %g arcmin (%s)",
+        kappa_path,
+        maps.shape[0],
+        nside,
+        len(ra),
+        lay["npix"],
+        lay["pixel_scale_arcmin"],
+        lay["interpolation"],
+    )
+    if lay["interpolation"] == "bilinear":
+        table, weights = sphere.bilinear_table(
+            nside, ra, dec, lay["npix"], lay["pixel_scale_arcmin"]
+        )
+    else:
+        table = sphere.pixel_table(nside, ra, dec, lay["npix"], lay["pixel_scale_arcmin"])
+        weights = None
+    cutouts = sphere.extract(maps, table, weights)
+    del maps, table, weights
+    save_npy(out_path, cutouts)
+    log.info("wrote %s %s", out_path, cutouts.shape)
