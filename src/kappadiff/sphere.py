@@ -261,9 +261,7 @@ def bilinear_table(
     return table, weights
 
 
-def extract(
-    maps: np.ndarray, table: np.ndarray, weights: np.ndarray | None = None
-) -> np.ndarray:
+def extract(maps: np.ndarray, table: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Cut patches out of HEALPix maps by gathering through an index table.
 
     Parameters

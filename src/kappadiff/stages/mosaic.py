@@ -118,9 +118,7 @@ def write_mosaic(
     cards = provenance(config, NPATCH=len(patch_files), NPIX=npix, PIXSCALE=scale)
     for name, out in zip(hdus, map_paths, strict=True):
         stack = np.stack(values.pop(name))
-        maps, _ = sphere.mosaic(
-            stack, ra0s, dec0s, npix, scale, nside, assignment=assignment
-        )
+        maps, _ = sphere.mosaic(stack, ra0s, dec0s, npix, scale, nside, assignment=assignment)
         del stack
         write_healpix(out, maps, header={**cards, "PRODUCT": name})
         log.info("wrote %s (%s, %d maps)", out, name, maps.shape[0])
