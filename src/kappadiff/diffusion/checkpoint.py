@@ -14,6 +14,8 @@ A checkpoint is a dict of tensors and plain values (no pickled classes), so
     State dicts of the raw and the EMA weights.
 ``optimizer``, ``step``, ``losses``, ``torch_rng``
     Everything an exact resume needs (data order and noise are functions of seed and step).
+``npix``
+    Side of the training cut-outs.
 ``settings``, ``fingerprint``, ``holdout``, ``data_files``, ``data_counts``
     Training settings, a hash of what must not change across a resume, the held-out
     cut-out indices and the training files.
@@ -64,6 +66,8 @@ class Prior:
         The training noise schedule (tensors on the prior's device).
     normalisation
         Per-bin κ ↔ x map.
+    npix
+        Side of the training cut-outs, pixels (the shape samples are drawn at).
     step
         Training steps behind the weights.
     hash
@@ -73,6 +77,7 @@ class Prior:
     model: UNet
     schedule: Schedule
     normalisation: Normalisation
+    npix: int
     step: int
     hash: str
 
@@ -98,7 +103,12 @@ def prior_from_state(state: dict, device: str | torch.device = "cpu", hash: str 
         p.requires_grad_(False)
     schedule = make_schedule(**state["schedule"]).to(device)
     return Prior(
-        model, schedule, Normalisation.from_dict(state["normalisation"]), int(state["step"]), hash
+        model,
+        schedule,
+        Normalisation.from_dict(state["normalisation"]),
+        int(state["npix"]),
+        int(state["step"]),
+        hash,
     )
 
 

@@ -122,9 +122,13 @@ def checkpoint_state(
     schedule: Schedule,
     normalisation: Normalisation,
     settings: TrainSettings,
-    extra: dict,
+    npix: int,
+    extra: dict | None = None,
 ) -> dict:
-    """The checkpoint dict (tensors and plain values only; see :mod:`.checkpoint`)."""
+    """The checkpoint dict (tensors and plain values only; see :mod:`.checkpoint`).
+
+    ``npix`` is the side of the training cut-outs; ``extra`` adds stage bookkeeping.
+    """
     return {
         "format": CHECKPOINT_FORMAT,
         "unet": state.model.config.to_dict(),
@@ -137,7 +141,8 @@ def checkpoint_state(
         "losses": torch.tensor(state.losses, dtype=torch.float64),
         "torch_rng": torch.get_rng_state(),
         "settings": asdict(settings),
-        **extra,
+        "npix": int(npix),
+        **(extra or {}),
     }
 
 
