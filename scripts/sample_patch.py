@@ -1,0 +1,14 @@
+from kappadiff.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+
+from kappadiff.stages.posterior import sample_patch  # noqa: E402
+
+sample_patch(
+    snakemake.input.data,
+    snakemake.input.model,
+    snakemake.output[0],
+    snakemake.params.config,
+    int(snakemake.wildcards.patch),
+    threads=snakemake.threads,
+)

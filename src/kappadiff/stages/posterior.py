@@ -1,0 +1,324 @@
+"""Stage ``sample_patch``: DPS posterior samples of one data patch.
+
+Reads ``results/data/patch_{id}.fits`` and the prior checkpoint, draws
+``sampling.n_samples`` posterior samples in batches of ``sampling.batch_size`` with the
+prior's reverse diffusion guided by the shear likelihood (:mod:`kappadiff.diffusion.dps`),
+and writes ``results/posterior/patch_{id}.fits``: MEAN, STD, optionally SAMPLES
+``[sample, bin, row, col]``, CHI2 ``[sample, bin]``, the trajectory diagnostic DRIFT
+``[step, bin]`` with its timesteps TSTEPS, all with the data patch's TAN WCS.
+
+Each batch draws its noise from a generator seeded by (config seed, patch id, first sample
+index, batch size), so a rerun reproduces the samples bit for bit on CPU. Finished batches
+are kept in ``<product>.partial.npz`` beside the product, so a pre-empted job resumes
+where it stopped; that file is removed once the product is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from astropy.io import fits
+
+from ..diffusion.checkpoint import load_prior
+from ..diffusion.dps import TrajectoryDiagnostic, chi2, dps_guidance, shear_data
+from ..diffusion.sampler import ddim_sample, timestep_sequence
+from ..products import ProductError, atomic_output, file_hash, image_hdu, provenance, write_fits
+from ..seeding import derive_seed
+
+__all__ = ["posterior_seed", "sample_patch"]
+
+log = logging.getLogger(__name__)
+
+DATA_HDUS = ("G1", "G2", "SIGMA", "MASK")
+WCS_KEYS = (
+    "WCSAXES",
+    "CTYPE1",
+    "CTYPE2",
+    "CUNIT1",
+    "CUNIT2",
+    "CRVAL1",
+    "CRVAL2",
+    "CRPIX1",
+    "CRPIX2",
+    "CDELT1",
+    "CDELT2",
+    "RADESYS",
+)
+PRECISIONS = {"fp32": None, "tf32": None, "bf16": torch.bfloat16}
+
+
+def posterior_seed(
+    seed: int, patch_id: int, first: int | None = None, size: int | None = None
+) -> int:
+    """Seed of patch ``patch_id``'s posterior, or of its batch of ``size`` from sample ``first``."""
+    keys: list[int | str] = ["posterior", int(patch_id)]
+    if first is not None:
+        keys += [int(first), int(size)]
+    return derive_seed(seed, *keys)
+
+
+def _read_patch(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], fits.Header]:
+    """The shear HDUs of a data patch and the TAN WCS cards of its G1 extension."""
+    with fits.open(path, memmap=False) as hdul:
+        names = [h.name for h in hdul[1:]]
+        missing = [n for n in DATA_HDUS if n not in names]
+        if missing:
+            raise ProductError(f"{path}: no HDU {missing} (found {names})")
+        arrays = {n: np.asarray(hdul[n].data, dtype=np.float64) for n in DATA_HDUS}
+        g1h = hdul["G1"].header
+        absent = [k for k in WCS_KEYS if k not in g1h]
+        if absent:
+            raise ProductError(f"{path}: HDU G1 lacks the WCS cards {absent}")
+        wcs = fits.Header([(k, g1h[k]) for k in WCS_KEYS])
+    return arrays, wcs
+
+
+class _Autocast(torch.nn.Module):
+    """The network under autocast at ``dtype``, returning float32 (for the guidance)."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=self.device_type, dtype=self.dtype):
+            out = self.model(x, t)
+        return out.float()
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("sampling.device = 'cuda', but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _network(model: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
+    """The network set up for ``precision`` (fp32, tf32 matmuls on CUDA, or bf16 autocast)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"sampling.precision = {precision!r}, expected one of {list(PRECISIONS)}")
+    if device.type == "cuda":
+        tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    dtype = PRECISIONS[precision]
+    return model if dtype is None else _Autocast(model, device.type, dtype)
+
+
+def _resume_key(data_hash: str, model_hash: str, seed: int, sampling: Mapping[str, Any]) -> str:
+    """Identifies a partial run: same data, model, seed and sampling settings."""
+    keep = {k: v for k, v in sampling.items() if k not in ("patches", "n_samples")}
+    return f"{data_hash}:{model_hash}:{seed}:{sorted(keep.items())!r}"
+
+
+def _no_samples() -> dict[str, list[np.ndarray]]:
+    """Per-sample κ [bin, row, col], χ² [bin] and drift [step, bin], none drawn yet."""
+    return {"kappa": [], "chi2": [], "drift": []}
+
+
+def _load_partial(path: Path, key: str) -> dict[str, list[np.ndarray]]:
+    """The samples of a pre-empted run of the same ``key``, or none."""
+    if not path.exists():
+        return _no_samples()
+    with np.load(path, allow_pickle=False) as z:
+        if str(z["key"]) != key:
+            log.warning("%s belongs to another configuration, data or model: starting afresh", path)
+            return _no_samples()
+        done = {k: list(z[k]) for k in ("kappa", "chi2", "drift")}
+    log.info("resuming from %s: %d samples already drawn", path, len(done["kappa"]))
+    return done
+
+
+def _save_partial(path: Path, key: str, done: Mapping[str, list[np.ndarray]]) -> None:
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, key=np.asarray(key), **{k: np.stack(v) for k, v in done.items()})
+
+
+def _samples_hdu(samples: np.ndarray, wcs: fits.Header, storage: str) -> fits.ImageHDU:
+    """HDU SAMPLES as float32, or in 16 bits (``"float16"``).
+
+    FITS has no half-precision floats, so 16-bit storage is the standard scaled integer:
+    int16 with BSCALE/BZERO spanning the samples' range, read back as float32 by any FITS
+    reader; the rounding error is at most BSCALE/2 (about 1e-5 of the range of κ).
+    """
+    hdu = image_hdu("SAMPLES", samples, wcs)
+    if storage == "float16":
+        hdu.scale("int16", option="minmax")
+    return hdu
+
+
+def sample_patch(
+    data_path: str | os.PathLike,
+    model_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    config: Mapping[str, Any],
+    patch_id: int,
+    threads: int = 1,
+) -> Path:
+    """Draw DPS posterior samples of one data patch and write the posterior product.
+
+    Parameters
+    ----------
+    data_path
+        ``results/data/patch_{id}.fits`` (HDUs G1, G2, SIGMA, MASK ``[bin, row, col]``).
+    model_path
+        Prior checkpoint (``results/prior/model.pt``).
+    output_path
+        ``results/posterior/patch_{id}.fits``.
+    config
+        The validated configuration (``seed`` and the ``sampling`` section are used).
+    patch_id
+        Patch id, which with ``config['seed']`` and the sample index seeds the noise.
+    threads
+        CPU threads for torch.
+
+    Returns
+    -------
+    Path
+        ``output_path``.
+    """
+    t_start = time.perf_counter()
+    torch.set_num_threads(max(1, int(threads)))
+    s = config["sampling"]
+    output_path = Path(output_path)
+    device = _device(s["device"])
+
+    arrays, wcs = _read_patch(data_path)
+    data = shear_data(
+        arrays["G1"],
+        arrays["G2"],
+        arrays["SIGMA"],
+        arrays["MASK"],
+        device=device,
+        source=str(data_path),
+    )
+    prior = load_prior(model_path, device)
+    abar = prior.schedule.alphas_cumprod
+    n_timesteps = int(prior.schedule.T)
+    n_bins, npix = data.g1.shape[0], data.g1.shape[-1]
+    n_channels = prior.model.config.in_channels
+    if (n_bins, npix) != (n_channels, prior.npix):
+        raise ProductError(
+            f"{data_path}: {n_bins} bins of {npix} x {npix} pixels, but the prior {model_path} "
+            f"models {n_channels} bins of {prior.npix} x {prior.npix}"
+        )
+    steps = timestep_sequence(n_timesteps, s["n_steps"])
+    guidance = dps_guidance(
+        data,
+        prior.to_kappa,
+        abar,
+        steps,
+        scaled=s["scaled"],
+        t_bar=s["t_bar"],
+        sigma_t=s["sigma_t"],
+        step=s["step"],
+        zeta=s["zeta"],
+        pad=s["shear_pad"],
+    )
+    network = _network(prior.model, device, s["precision"])
+
+    seed = posterior_seed(config["seed"], patch_id)
+    model_hash = prior.hash
+    partial = output_path.with_name(output_path.name + ".partial.npz")
+    key = _resume_key(file_hash(data_path), model_hash, config["seed"], s)
+    done = _load_partial(partial, key) if s["checkpoint_batches"] else _no_samples()
+
+    n_samples, batch = int(s["n_samples"]), int(s["batch_size"])
+    log.info(
+        "patch %d: %d samples in batches of %d, %d steps (NFE), device %s, %s",
+        patch_id,
+        n_samples,
+        batch,
+        len(steps),
+        device,
+        s["precision"],
+    )
+    while len(done["kappa"]) < n_samples:
+        first = len(done["kappa"])
+        size = min(batch, n_samples - first)
+        generator = torch.Generator(device=device).manual_seed(
+            posterior_seed(config["seed"], patch_id, first, size)
+        )
+        diagnostic = TrajectoryDiagnostic(abar)
+        t0 = time.perf_counter()
+        x = ddim_sample(
+            network,
+            prior.schedule,
+            (size, n_bins, npix, npix),
+            steps,
+            s["eta"],
+            generator,
+            guidance=guidance,
+            callback=diagnostic,
+        )
+        with torch.no_grad():
+            kappa = prior.to_kappa(x.float())
+            c2 = chi2(kappa, data, pad=s["shear_pad"])
+        drift = diagnostic.drift()  # [step, B, bin]
+        for j in range(size):
+            done["kappa"].append(kappa[j].cpu().numpy().astype(np.float32))
+            done["chi2"].append(c2[j].cpu().numpy().astype(np.float64))
+            done["drift"].append(drift[:, j].astype(np.float64))
+        log.info(
+            "samples %d-%d in %.1f s, chi2/dof %s",
+            first,
+            first + size - 1,
+            time.perf_counter() - t0,
+            np.round(c2.mean(0).cpu().numpy() / data.dof.cpu().numpy(), 3).tolist(),
+        )
+        if s["checkpoint_batches"] and len(done["kappa"]) < n_samples:
+            _save_partial(partial, key, done)
+
+    samples = np.stack(done["kappa"])  # [sample, bin, row, col]
+    chi2_dof = np.stack(done["chi2"]) / data.dof.cpu().numpy()  # [sample, bin]
+    drift_mean = np.stack(done["drift"]).mean(axis=0)  # [step, bin]
+    mean = samples.astype(np.float64).mean(axis=0)
+    std = samples.astype(np.float64).std(axis=0, ddof=1) if n_samples > 1 else np.zeros_like(mean)
+
+    t_bar = np.broadcast_to(np.asarray(s["t_bar"], dtype=float), (n_bins,))
+    sigma_t = np.broadcast_to(np.asarray(s["sigma_t"], dtype=float), (n_bins,))
+    cards: dict[str, Any] = {
+        "PATCH": int(patch_id),
+        "NSAMPLE": n_samples,
+        "NFE": len(steps),
+        "NSTEPT": n_timesteps,
+        "ETA": float(s["eta"]),
+        "SCALED": bool(s["scaled"]),
+        "STEPFORM": s["step"],
+        "PRECISN": s["precision"],
+        "SHPAD": int(s["shear_pad"]),
+        "RUNTIME": round(time.perf_counter() - t_start, 2),
+        "DEVICE": device.type,
+    }
+    if s["step"] == "normalised":
+        cards["ZETA"] = float(s["zeta"])
+    for b in range(n_bins):
+        if s["scaled"]:
+            cards[f"TBAR{b + 1}"] = float(t_bar[b])
+            cards[f"SIGT{b + 1}"] = float(sigma_t[b])
+        cards[f"CHI2DOF{b + 1}"] = float(chi2_dof[:, b].mean())
+    header = provenance(config, seed=seed, model_hash=model_hash, **cards)
+
+    hdus = [image_hdu("MEAN", mean, wcs), image_hdu("STD", std, wcs)]
+    if s["save_samples"] != "none":
+        hdus.append(_samples_hdu(samples, wcs, s["save_samples"]))
+    hdus += [
+        image_hdu("CHI2", chi2_dof, {"BUNIT": "chi2/dof"}),
+        image_hdu("DRIFT", drift_mean, {"COMMENT": "rms(x_t)/expected, mean over samples"}),
+        image_hdu("TSTEPS", np.asarray(steps), dtype=np.int32),
+    ]
+    write_fits(output_path, hdus, primary_header=header)
+    partial.unlink(missing_ok=True)
+    log.info("wrote %s (chi2/dof per bin %s)", output_path, np.round(chi2_dof.mean(0), 3).tolist())
+    return output_path

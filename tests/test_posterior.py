@@ -1,0 +1,207 @@
+"""Tests of the sample_patch stage: product layout, bit-identical reruns, resuming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+
+from kappadiff.diffusion import sampler
+from kappadiff.diffusion.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from kappadiff.diffusion.data import Normalisation
+from kappadiff.diffusion.process import make_schedule
+from kappadiff.diffusion.unet import UNet, UNetConfig
+from kappadiff.lensing import kappa_to_shear
+from kappadiff.products import ProductError, image_hdu, tan_header, write_fits
+from kappadiff.stages import posterior
+from kappadiff.stages.posterior import sample_patch
+
+N, BINS = 16, 4
+SAMPLING = {
+    "n_samples": 3,
+    "batch_size": 2,
+    "n_steps": 4,
+    "eta": 1.0,
+    "scaled": True,
+    "t_bar": [500, 450, 400, 350],
+    "sigma_t": 20,
+    "step": "beta",
+    "zeta": 1.0,
+    "shear_pad": 0,
+    "precision": "fp32",
+    "device": "cpu",
+    "save_samples": "float32",
+    "checkpoint_batches": True,
+    "runtime_min": 10,
+    "mem_mb": 1000,
+}
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    torch.manual_seed(0)
+    cfg = UNetConfig(in_channels=BINS, base_channels=8, channel_mults=(1, 2), attention_levels=())
+    model = UNet(cfg)
+    norm = Normalisation("affine", torch.zeros(BINS), torch.full((BINS,), 0.02), torch.zeros(BINS))
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "unet": cfg.to_dict(),
+        "ema": model.state_dict(),
+        "model": model.state_dict(),
+        "schedule": make_schedule(T=1000).to_dict(),
+        "normalisation": norm.to_dict(),
+        "npix": N,
+        "step": 0,
+    }
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, state)
+    return path
+
+
+def write_patch(path, rng, npix=N):
+    kappa = rng.normal(0, 0.02, (BINS, npix, npix))
+    g1, g2 = kappa_to_shear(kappa)
+    sigma = np.full(kappa.shape, 0.03)
+    mask = np.ones(kappa.shape)
+    mask[:, :3, :5] = 0
+    sigma[mask == 0] = 0
+    g1 = g1 + sigma * rng.normal(size=kappa.shape)
+    g2 = g2 + sigma * rng.normal(size=kappa.shape)
+    wcs = tan_header(150.0, -30.0, npix, 16.0)
+    arrays = {"G1": g1, "G2": g2, "SIGMA": sigma, "MASK": mask, "NGAL": 10 * mask}
+    write_fits(path, [image_hdu(k, v, wcs) for k, v in arrays.items()])
+    return path
+
+
+@pytest.fixture
+def data_path(tmp_path, rng):
+    return write_patch(tmp_path / "data" / "patch_0003.fits", rng)
+
+
+def config(**changes):
+    return {"seed": 11, "sampling": {**SAMPLING, **changes}}
+
+
+def test_product_holds_mean_std_samples_wcs_and_header(tmp_path, data_path, model_path):
+    out = sample_patch(data_path, model_path, tmp_path / "post" / "patch_0003.fits", config(), 3)
+    with fits.open(out) as hdul:
+        hdul.verify("exception")
+        names = [h.name for h in hdul[1:]]
+        assert names == ["MEAN", "STD", "SAMPLES", "CHI2", "DRIFT", "TSTEPS"]
+        samples = hdul["SAMPLES"].data.astype(np.float64)
+        assert samples.shape == (3, BINS, N, N)
+        assert hdul["SAMPLES"].data.dtype == np.dtype(">f4")
+        # float32 samples against float64 statistics of float32 values: 1e-6 relative
+        np.testing.assert_allclose(hdul["MEAN"].data, samples.mean(0), rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(hdul["STD"].data, samples.std(0, ddof=1), rtol=1e-5, atol=1e-9)
+        with fits.open(data_path) as data:
+            for key in ("CTYPE1", "CRVAL1", "CRVAL2", "CRPIX1", "CDELT1", "CDELT2"):
+                assert hdul["MEAN"].header[key] == data["G1"].header[key]
+        h = hdul[0].header
+        assert h["NFE"] == 4 and h["NSAMPLE"] == 3 and h["PATCH"] == 3
+        assert [h[f"TBAR{b}"] for b in range(1, 5)] == [500, 450, 400, 350]
+        assert h["SIGT1"] == 20 and h["SCALED"] is True
+        assert h["SEED"] == posterior.posterior_seed(11, 3)
+        assert len(h["MODHASH"]) == 16 and h["RUNTIME"] > 0
+        chi2 = hdul["CHI2"].data
+        assert chi2.shape == (3, BINS)
+        np.testing.assert_allclose([h[f"CHI2DOF{b}"] for b in range(1, 5)], chi2.mean(0), rtol=1e-6)
+        assert hdul["DRIFT"].data.shape == (4, BINS)
+        assert hdul["TSTEPS"].data.tolist() == sampler.timestep_sequence(1000, 4)
+    assert not (tmp_path / "post" / "patch_0003.fits.partial.npz").exists()
+
+
+def test_rerun_is_bit_identical_and_seeds_differ_by_patch(tmp_path, data_path, model_path):
+    a = sample_patch(data_path, model_path, tmp_path / "a.fits", config(), 3)
+    b = sample_patch(data_path, model_path, tmp_path / "b.fits", config(), 3)
+    c = sample_patch(data_path, model_path, tmp_path / "c.fits", config(), 4)
+    with fits.open(a) as ha, fits.open(b) as hb, fits.open(c) as hc:
+        for name in ("MEAN", "STD", "SAMPLES", "CHI2", "DRIFT"):
+            assert ha[name].data.tobytes() == hb[name].data.tobytes(), name
+        assert not np.array_equal(ha["SAMPLES"].data, hc["SAMPLES"].data)
+        # the three samples are distinct draws
+        s = ha["SAMPLES"].data
+        assert not np.array_equal(s[0], s[1]) and not np.array_equal(s[1], s[2])
+
+
+def test_preempted_job_resumes_from_finished_batches(tmp_path, data_path, model_path, monkeypatch):
+    ref = sample_patch(data_path, model_path, tmp_path / "ref.fits", config(), 3)
+    out = tmp_path / "run.fits"
+    real = sampler.ddim_sample
+    calls = []
+
+    def preempted(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("pre-empted")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(posterior, "ddim_sample", preempted)
+    with pytest.raises(KeyboardInterrupt):
+        sample_patch(data_path, model_path, out, config(), 3)
+    assert not out.exists()
+    assert (tmp_path / "run.fits.partial.npz").exists()
+
+    calls.clear()
+    sample_patch(data_path, model_path, out, config(), 3)
+    assert calls == [(1, BINS, N, N)]  # only the unfinished batch (sample 2) is drawn
+    assert not (tmp_path / "run.fits.partial.npz").exists()
+    with fits.open(ref) as hr, fits.open(out) as ho:
+        assert hr["SAMPLES"].data.tobytes() == ho["SAMPLES"].data.tobytes()
+
+
+def test_partial_file_of_other_settings_is_not_reused(tmp_path, data_path, model_path, monkeypatch):
+    out = tmp_path / "run.fits"
+    real = sampler.ddim_sample
+    calls = []
+
+    def preempted(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("pre-empted")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(posterior, "ddim_sample", preempted)
+    with pytest.raises(KeyboardInterrupt):
+        sample_patch(data_path, model_path, out, config(), 3)
+    monkeypatch.setattr(posterior, "ddim_sample", real)
+    sample_patch(data_path, model_path, out, config(t_bar=600), 3)
+    ref = sample_patch(data_path, model_path, tmp_path / "ref.fits", config(t_bar=600), 3)
+    with fits.open(ref) as hr, fits.open(out) as ho:
+        assert hr["SAMPLES"].data.tobytes() == ho["SAMPLES"].data.tobytes()
+
+
+def test_unscaled_float16_without_samples_options(tmp_path, data_path, model_path):
+    out = sample_patch(
+        data_path, model_path, tmp_path / "u.fits", config(scaled=False, save_samples="float16"), 3
+    )
+    with fits.open(out) as hdul:
+        # scaled-integer cards are read before the data (astropy drops them on scaling)
+        assert hdul["SAMPLES"].header["BITPIX"] == 16
+        bscale = hdul["SAMPLES"].header["BSCALE"]
+        half = hdul["SAMPLES"].data
+    ref = sample_patch(data_path, model_path, tmp_path / "r.fits", config(scaled=False), 3)
+    with fits.open(ref) as hdul:
+        full = hdul["SAMPLES"].data
+    # 16-bit storage rounds to the nearest of 65536 levels over the range: ≤ BSCALE/2
+    assert bscale < (full.max() - full.min()) / 6e4
+    np.testing.assert_allclose(half, full, rtol=0, atol=0.51 * bscale)
+    with fits.open(out) as hdul:
+        assert hdul[0].header["SCALED"] is False and "TBAR1" not in hdul[0].header
+    out = sample_patch(data_path, model_path, tmp_path / "n.fits", config(save_samples="none"), 3)
+    with fits.open(out) as hdul:
+        assert "SAMPLES" not in [h.name for h in hdul]
+
+
+def test_patch_of_the_wrong_size_is_refused(tmp_path, rng, model_path):
+    bad = write_patch(tmp_path / "patch_0001.fits", rng, npix=8)
+    with pytest.raises(ProductError, match=r"patch_0001.fits: 4 bins of 8 x 8 pixels"):
+        sample_patch(bad, model_path, tmp_path / "out.fits", config(), 1)
+
+
+def test_missing_hdu_is_named(tmp_path, rng, model_path):
+    path = tmp_path / "patch_0002.fits"
+    write_fits(path, [image_hdu("G1", np.zeros((BINS, N, N)), tan_header(0, 0, N, 16.0))])
+    with pytest.raises(ProductError, match=r"patch_0002.fits: no HDU \['G2', 'SIGMA', 'MASK'\]"):
+        sample_patch(path, model_path, tmp_path / "out.fits", config(), 2)
