@@ -205,3 +205,9 @@ def test_missing_hdu_is_named(tmp_path, rng, model_path):
     write_fits(path, [image_hdu("G1", np.zeros((BINS, N, N)), tan_header(0, 0, N, 16.0))])
     with pytest.raises(ProductError, match=r"patch_0002.fits: no HDU \['G2', 'SIGMA', 'MASK'\]"):
         sample_patch(path, model_path, tmp_path / "out.fits", config(), 2)
+
+
+def test_sampling_params_leave_the_patch_list_out():
+    cfg = {"seed": 5, "sampling": {**SAMPLING, "patches": [1, 2]}, "layout": {"npix": 16}}
+    params = posterior.sampling_params(cfg)
+    assert params == {"seed": 5, "sampling": SAMPLING}

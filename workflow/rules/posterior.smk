@@ -1,18 +1,5 @@
 # Rules of the 'posterior' stage (see docs/architecture.md): DPS posterior samples per patch.
-
-
-def sampling_params():
-    """The configuration a patch's samples depend on (a change reruns the patches).
-
-    The patch list is left out, so adding a patch does not rerun the others.
-    """
-    sampling = {k: v for k, v in config["sampling"].items() if k != "patches"}
-    return {"seed": config["seed"], "sampling": sampling}
-
-
-def posterior_files():
-    """Posterior products of the configured patches (sampling.patches)."""
-    return [f"{RESULTS}/posterior/patch_{i:04d}.fits" for i in data_patch_ids()]
+from kappadiff.stages import posterior as posterior_stage
 
 
 rule sample_patch:
@@ -34,6 +21,7 @@ rule sample_patch:
         mem_mb=config["sampling"]["mem_mb"],
         gpu=1,
     params:
-        config=sampling_params(),
+        # a change of seed or sampling settings reruns the patches
+        config=posterior_stage.sampling_params(config),
     script:
         "../../scripts/sample_patch.py"

@@ -32,7 +32,7 @@ from ..diffusion.sampler import ddim_sample, timestep_sequence
 from ..products import ProductError, atomic_output, file_hash, image_hdu, provenance, write_fits
 from ..seeding import derive_seed
 
-__all__ = ["posterior_seed", "sample_patch"]
+__all__ = ["posterior_seed", "sample_patch", "sampling_params"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,15 @@ def posterior_seed(
     if first is not None:
         keys += [int(first), int(size)]
     return derive_seed(seed, *keys)
+
+
+def sampling_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration a patch's samples depend on: the seed and ``sampling``.
+
+    The patch list is left out, so that adding a patch does not rerun the others.
+    """
+    sampling = {k: v for k, v in config["sampling"].items() if k != "patches"}
+    return {"seed": config["seed"], "sampling": sampling}
 
 
 def _read_patch(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], fits.Header]:
