@@ -1,1 +1,112 @@
-# Rules of the 'baselines' stage (see docs/architecture.md).
+# Rules of the 'baselines' stage (see docs/architecture.md): Kaiser-Squires and Wiener
+# filter maps of every data patch, and their HEALPix mosaics through the shared mosaic
+# script (scripts/mosaic.py, generic in the HDUs it mosaics).
+from kappadiff.stages.baselines import MEASURED, signal_power_path
+from kappadiff.stages.mosaic import mosaic_memory_mb
+
+
+wildcard_constraints:
+    method=r"ks|wiener",
+
+
+if config["lensing"]["wiener_signal_power"] == MEASURED:
+
+    rule signal_power:
+        """Mean flat-sky C_ell per bin of the training cut-outs (the Wiener signal power)."""
+        input:
+            cutouts=[
+                f"{RESULTS}/training/{sim_name(i)}_cutouts.npy"
+                for i in config["sims"]["train_sims"]
+            ],
+        output:
+            signal_power_path(config),
+        log:
+            f"{RESULTS}/logs/signal_power.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/signal_power.tsv"
+        conda:
+            ENV
+        threads: 1
+        resources:
+            runtime=60,
+            mem_mb=2000,
+        params:
+            lensing=config["lensing"],
+            layout=config["layout"],
+        script:
+            "../../scripts/signal_power.py"
+
+
+rule baseline_ks:
+    """Kaiser-Squires E and B maps of one data patch (masked pixels zero-filled)."""
+    input:
+        data=f"{RESULTS}/data/patch_{{patch}}.fits",
+    output:
+        f"{RESULTS}/baselines/ks/patch_{{patch}}.fits",
+    log:
+        f"{RESULTS}/logs/baseline_ks/patch_{{patch}}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        runtime=5,
+        mem_mb=1000,
+    params:
+        lensing=config["lensing"],
+    script:
+        "../../scripts/baseline_ks.py"
+
+
+rule baseline_wiener:
+    """Wiener filter of one data patch, per bin, by preconditioned conjugate gradients."""
+    input:
+        data=f"{RESULTS}/data/patch_{{patch}}.fits",
+        power=signal_power_path(config),
+    output:
+        f"{RESULTS}/baselines/wiener/patch_{{patch}}.fits",
+    log:
+        f"{RESULTS}/logs/baseline_wiener/patch_{{patch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baseline_wiener/patch_{{patch}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        runtime=10,
+        mem_mb=2000,
+    params:
+        lensing=config["lensing"],
+    script:
+        "../../scripts/baseline_wiener.py"
+
+
+rule baseline_mosaic:
+    """HEALPix mosaic of one baseline's KAPPA maps over all data patches."""
+    input:
+        # {method} stays a wildcard of the input pattern
+        patches=[
+            f"{RESULTS}/baselines/{{method}}/patch_{i:04d}.fits"
+            for i in data_patch_ids()
+        ],
+    output:
+        maps=[f"{RESULTS}/mosaic/{{method}}_kappa.fits"],
+        coverage=f"{RESULTS}/mosaic/{{method}}_coverage.fits",
+    log:
+        f"{RESULTS}/logs/baseline_mosaic/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baseline_mosaic/{{method}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        runtime=30,
+        mem_mb=mosaic_memory_mb(config["mosaic"]["nside"]),
+    params:
+        hdus=["KAPPA"],
+        nside=config["mosaic"]["nside"],
+    script:
+        "../../scripts/mosaic.py"
+
+
+# The baseline maps and mosaics join ALL_TARGETS once the data patches (rule `pixelise`)
+# exist in the workflow.

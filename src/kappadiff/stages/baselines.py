@@ -1,0 +1,302 @@
+"""Stages `signal_power`, `baseline_ks` and `baseline_wiener`: the classical mass maps.
+
+The baselines of Boruah et al. (2025) and DES Collaboration (2021): Kaiser-Squires
+(E and null B mode, optional Gaussian smoothing) and a Wiener filter per tomographic
+bin whose signal power spectrum is measured from the training cut-outs (or supplied as
+a file of the same format). Each patch product copies the TAN WCS of its data patch.
+
+Signal power files are FITS tables (``products.write_table``) with columns ``ELL``
+(radians⁻¹, increasing) and ``CL_BIN1``..``CL_BINn`` (flat-sky C_ℓ of κ, steradians).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from .. import lensing, stats
+from ..products import ProductError, image_hdu, provenance, read_table, write_fits, write_table
+
+__all__ = [
+    "MEASURED",
+    "kaiser_squires_patch_file",
+    "measure_signal_power",
+    "read_data_patch",
+    "read_signal_power",
+    "signal_power_path",
+    "wiener_patch_file",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``lensing.wiener_signal_power`` value that measures the spectrum from the cut-outs.
+MEASURED = "measured"
+
+#: Data-patch HDUs the baselines read.
+DATA_HDUS = ("G1", "G2", "SIGMA", "MASK")
+
+#: WCS keywords copied from the data patch onto the baseline products.
+WCS_KEYS = (
+    "WCSAXES",
+    "CTYPE1",
+    "CTYPE2",
+    "CUNIT1",
+    "CUNIT2",
+    "CRVAL1",
+    "CRVAL2",
+    "CRPIX1",
+    "CRPIX2",
+    "CDELT1",
+    "CDELT2",
+    "PC1_1",
+    "PC1_2",
+    "PC2_1",
+    "PC2_2",
+    "LONPOLE",
+    "LATPOLE",
+    "RADESYS",
+    "EQUINOX",
+)
+
+#: Cut-outs transformed at once while measuring the signal power (bounds the memory).
+CUTOUT_CHUNK = 32
+
+
+def signal_power_path(config: Mapping[str, Any]) -> str:
+    """The signal power file the Wiener filter reads: measured product or supplied file."""
+    source = config["lensing"]["wiener_signal_power"]
+    if source == MEASURED:
+        return f"{config['results']}/baselines/signal_power.fits"
+    return source
+
+
+def _pixel_scale(config: Mapping[str, Any]) -> float:
+    return float(config["layout"]["pixel_scale_arcmin"])
+
+
+def measure_signal_power(
+    cutout_files: Sequence[str | os.PathLike],
+    out_path: str | os.PathLike,
+    config: Mapping[str, Any],
+) -> None:
+    """Mean flat-sky C_ℓ per bin of the training cut-outs, written as a signal power table.
+
+    Parameters
+    ----------
+    cutout_files
+        ``.npy`` files of float32 ``[patch, bin, row, col]`` κ cut-outs (memory-mapped).
+    out_path
+        Output FITS table (module docstring), ℓ bins one fundamental mode wide up to
+        the Nyquist ℓ (:func:`kappadiff.stats.ell_bins_linear`).
+    config
+        Uses ``layout.npix``, ``layout.pixel_scale_arcmin`` and
+        ``lensing.wiener_power_cutouts`` (cut-outs per file, evenly spaced).
+    """
+    if not cutout_files:
+        raise ValueError("measure_signal_power: no cut-out files")
+    npix = int(config["layout"]["npix"])
+    scale = _pixel_scale(config)
+    edges = stats.ell_bins_linear(npix, npix, scale)
+    per_file = int(config["lensing"]["wiener_power_cutouts"])
+    total, n_used, n_bins = None, 0, None
+    for path in cutout_files:
+        cut = np.load(path, mmap_mode="r")
+        if cut.ndim != 4 or cut.shape[-2:] != (npix, npix):
+            raise ProductError(
+                f"{path}: cut-outs of shape {cut.shape}, expected [patch, bin, {npix}, {npix}]"
+            )
+        if n_bins is None:
+            n_bins = cut.shape[1]
+        elif cut.shape[1] != n_bins:
+            raise ProductError(f"{path}: {cut.shape[1]} bins, but {cutout_files[0]} has {n_bins}")
+        chosen = np.unique(np.linspace(0, cut.shape[0] - 1, min(per_file, cut.shape[0])).round())
+        chosen = chosen.astype(int)
+        for start in range(0, chosen.size, CUTOUT_CHUNK):
+            block = np.asarray(cut[chosen[start : start + CUTOUT_CHUNK]], dtype=np.float64)
+            bad = ~np.isfinite(block)
+            if bad.any():
+                raise ProductError(f"{path}: {int(bad.sum())} non-finite κ values in the cut-outs")
+            ell, cl = stats.power_spectrum_flat(block, scale, edges)
+            total = cl.sum(axis=0) if total is None else total + cl.sum(axis=0)
+            n_used += block.shape[0]
+        log.info("%s: %d of %d cut-outs used", path, chosen.size, cut.shape[0])
+    cl_mean = total / n_used
+    bad = ~(cl_mean > 0)
+    if bad.any():
+        raise ValueError(
+            f"signal power: {int(bad.sum())} (bin, ell) values of the mean spectrum are <= 0 "
+            f"({n_used} cut-outs)"
+        )
+    columns = {"ELL": ell}
+    columns.update({f"CL_BIN{b + 1}": cl_mean[b] for b in range(n_bins)})
+    cards = provenance(config, NCUTOUT=n_used, NPIX=npix, PIXSCALE=scale)
+    write_table(out_path, columns, header=cards, name="POWER")
+    log.info("signal power from %d cut-outs, %d ell bins -> %s", n_used, ell.size, out_path)
+
+
+def read_signal_power(path: str | os.PathLike, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read a signal power table: ``(ell [n_ell], cl [n_bins, n_ell])``.
+
+    Raises :class:`ProductError` naming the file and the missing or bad column.
+    """
+    with fits.open(path, memmap=False) as hdul:
+        tables = [h.name for h in hdul[1:] if isinstance(h, fits.BinTableHDU)]
+    if not tables:
+        raise ProductError(f"{path}: no table HDU holding the signal power")
+    data, _ = read_table(path, name=tables[0])
+    upper = {k.upper(): v for k, v in data.items()}
+    wanted = ["ELL", *(f"CL_BIN{b + 1}" for b in range(n_bins))]
+    missing = [c for c in wanted if c not in upper]
+    if missing:
+        raise ProductError(f"{path}: signal power table lacks columns {missing}")
+    ell = np.asarray(upper["ELL"], dtype=np.float64)
+    cl = np.stack([np.asarray(upper[c], dtype=np.float64) for c in wanted[1:]])
+    if np.any(~(ell > 0)) or np.any(np.diff(ell) <= 0):
+        raise ProductError(f"{path}: column ELL must be positive and strictly increasing")
+    bad = ~(cl > 0)
+    if bad.any():
+        raise ProductError(f"{path}: {int(bad.sum())} CL_BIN values are <= 0 or NaN")
+    return ell, cl
+
+
+def read_data_patch(
+    path: str | os.PathLike, pixel_scale_arcmin: float
+) -> tuple[dict[str, np.ndarray], fits.Header]:
+    """Read and check a data patch: ``({G1, G2, SIGMA, MASK: [bin, row, col]}, WCS header)``.
+
+    Raises
+    ------
+    ProductError
+        Naming the file and HDU: missing HDUs, shapes that differ, a MASK other than
+        0/1, non-finite shear or non-positive SIGMA in observed pixels, or a pixel scale
+        that differs from the configuration's.
+    """
+    images: dict[str, np.ndarray] = {}
+    with fits.open(path, memmap=False) as hdul:
+        names = [h.name for h in hdul[1:]]
+        for name in DATA_HDUS:
+            if name not in names:
+                raise ProductError(f"{path}: no HDU '{name}' (found {names})")
+            images[name] = np.asarray(hdul[name].data, dtype=np.float64)
+        source = hdul["G1"].header
+        wcs = fits.Header([(k, source[k], source.comments[k]) for k in WCS_KEYS if k in source])
+    shape = images["G1"].shape
+    for name, arr in images.items():
+        if arr.ndim != 3 or arr.shape != shape:
+            raise ProductError(f"{path}: HDU {name} has shape {arr.shape}, G1 has {shape}")
+    mask = images["MASK"]
+    odd = ~np.isin(mask, (0.0, 1.0))
+    if odd.any():
+        raise ProductError(f"{path}: HDU MASK has {int(odd.sum())} values other than 0 and 1")
+    observed = mask > 0
+    for name in ("G1", "G2"):
+        bad = observed & ~np.isfinite(images[name])
+        if bad.any():
+            raise ProductError(
+                f"{path}: HDU {name} has {int(bad.sum())} non-finite observed pixels"
+            )
+    bad = observed & ~(images["SIGMA"] > 0)
+    if bad.any():
+        raise ProductError(
+            f"{path}: HDU SIGMA is not > 0 (or not finite) in {int(bad.sum())} observed pixels"
+        )
+    for key in ("CDELT1", "CDELT2", "CRVAL1", "CRVAL2"):
+        if key not in wcs:
+            raise ProductError(f"{path}: HDU G1 has no WCS keyword {key}")
+    scale = abs(float(wcs["CDELT2"])) * 60.0
+    if not np.isclose(scale, pixel_scale_arcmin, rtol=1e-6):
+        raise ProductError(
+            f"{path}: pixel scale {scale:.6g} arcmin (CDELT2) differs from "
+            f"layout.pixel_scale_arcmin = {pixel_scale_arcmin}"
+        )
+    log.info(
+        "%s: %d bins of %d x %d px, %.1f %% of pixels observed",
+        path,
+        shape[0],
+        shape[1],
+        shape[2],
+        100 * observed.mean(),
+    )
+    return images, wcs
+
+
+def kaiser_squires_patch_file(
+    data_path: str | os.PathLike, out_path: str | os.PathLike, config: Mapping[str, Any]
+) -> None:
+    """Kaiser-Squires map of one data patch: HDUs KAPPA (E mode) and KAPPA_B (null test).
+
+    Masked pixels are zero-filled; ``lensing.pad`` zero pixels surround the patch and
+    ``lensing.ks_smoothing_arcmin`` sets the Gaussian smoothing σ (0: none).
+    """
+    lcfg = config["lensing"]
+    scale = _pixel_scale(config)
+    images, wcs = read_data_patch(data_path, scale)
+    k_e, k_b = lensing.kaiser_squires_patch(
+        images["G1"],
+        images["G2"],
+        images["MASK"],
+        scale,
+        pad=lcfg["pad"],
+        smoothing_arcmin=lcfg["ks_smoothing_arcmin"],
+    )
+    cards = provenance(
+        config, METHOD="KS", PAD=int(lcfg["pad"]), SMOOTH=float(lcfg["ks_smoothing_arcmin"])
+    )
+    write_fits(
+        out_path,
+        [image_hdu("KAPPA", k_e, wcs), image_hdu("KAPPA_B", k_b, wcs)],
+        primary_header=cards,
+    )
+    rms_e, rms_b = np.std(k_e, axis=(1, 2)), np.std(k_b, axis=(1, 2))
+    log.info("KS: rms kappa_E per bin %s, kappa_B %s", rms_e, rms_b)
+
+
+def wiener_patch_file(
+    data_path: str | os.PathLike,
+    power_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    config: Mapping[str, Any],
+) -> None:
+    """Wiener filter of one data patch per bin (HDU KAPPA), by preconditioned CG.
+
+    Uses ``lensing.pad``, ``lensing.wiener_tol`` and ``lensing.wiener_max_iter``; the
+    iterations and final relative residual of every bin go to the header
+    (``WFITER<b>``, ``WFRES<b>``). A bin that does not reach the tolerance is an error.
+    """
+    lcfg = config["lensing"]
+    scale = _pixel_scale(config)
+    images, wcs = read_data_patch(data_path, scale)
+    n_bins = images["G1"].shape[0]
+    ell, cl = read_signal_power(power_path, n_bins)
+    res = lensing.wiener_filter(
+        images["G1"],
+        images["G2"],
+        images["SIGMA"],
+        images["MASK"],
+        ell,
+        cl,
+        scale,
+        pad=lcfg["pad"],
+        tol=lcfg["wiener_tol"],
+        max_iter=lcfg["wiener_max_iter"],
+    )
+    for b in range(n_bins):
+        log.info("bin %d: %d CG steps, residual %.3g", b + 1, res.iterations[b], res.residual[b])
+    if not np.all(res.converged):
+        raise RuntimeError(
+            f"{data_path}: Wiener filter did not reach lensing.wiener_tol = {lcfg['wiener_tol']} "
+            f"in {lcfg['wiener_max_iter']} iterations for bins "
+            f"{[b + 1 for b in np.flatnonzero(~res.converged)]} (residuals {res.residual})"
+        )
+    cards = provenance(
+        config, METHOD="WIENER", PAD=int(lcfg["pad"]), WFTOL=float(lcfg["wiener_tol"])
+    )
+    for b in range(n_bins):
+        cards[f"WFITER{b + 1}"] = int(res.iterations[b])
+        cards[f"WFRES{b + 1}"] = float(res.residual[b])
+    write_fits(out_path, [image_hdu("KAPPA", res.kappa, wcs)], primary_header=cards)
