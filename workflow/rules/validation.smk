@@ -1,1 +1,326 @@
-# Rules of the 'validation' stage (see docs/architecture.md).
+# Rules of the 'validation' stage (see docs/architecture.md): DPS runs on mock patches with
+# known truth for every candidate likelihood scaling, the TARP search that writes the chosen
+# (t_bar, sigma_t) to results/validation/scaling.fits (read by the data sampling rule), and
+# the statistics and figures of the validation report.
+VALIDATION = f"{RESULTS}/validation"
+UNSCALED = "unscaled"
+TUNED = "tuned"
+
+
+wildcard_constraints:
+    run=r"unscaled|tuned|t[-+.0-9e]+_s[-+.0-9e]+",
+
+
+def validation_patch_ids():
+    """Mock patch ids of the validation, zero-padded."""
+    return [f"{i:04d}" for i in config["validation"]["patches"]]
+
+
+def check_validation_config():
+    """Cross-key checks of the validation section, before any job."""
+    v = config["validation"]
+    npix = config["layout"]["npix"]
+    if npix % (v["n_regions"] * v["block"]):
+        raise ValueError(
+            f"validation.n_regions x validation.block = {v['n_regions']} x {v['block']} "
+            f"does not divide layout.npix = {npix}"
+        )
+
+
+check_validation_config()
+
+
+def candidate_runs():
+    """Grid candidates of the scaling search: run name -> A(t) parameters."""
+    v = config["validation"]
+    return {
+        f"t{t:g}_s{s:g}": {"scaled": True, "t_bar": float(t), "sigma_t": float(s)}
+        for t in v["t_bar"]
+        for s in v["sigma_t"]
+    }
+
+
+def search_runs():
+    """Runs the TARP search evaluates: the grid and the unscaled comparison."""
+    return {**candidate_runs(), UNSCALED: {"scaled": False}}
+
+
+def run_scaling(wildcards):
+    """A(t) parameters of a run; None for the tuned run, which reads scaling.fits."""
+    if wildcards.run == TUNED:
+        return None
+    runs = search_runs()
+    if wildcards.run not in runs:
+        raise ValueError(
+            f"validation run '{wildcards.run}' is not in the grid validation.t_bar x "
+            f"validation.sigma_t ({sorted(runs)})"
+        )
+    return runs[wildcards.run]
+
+
+def run_files(run):
+    """Posterior products of one run on every mock patch."""
+    return [f"{VALIDATION}/runs/{run}/patch_{p}.fits" for p in validation_patch_ids()]
+
+
+def run_file_map(runs):
+    """{run: [product of each mock patch]} for the stage functions."""
+    return {run: run_files(run) for run in runs}
+
+
+def tuned_run_inputs(wildcards):
+    """The tuned run needs the chosen scaling and, to reuse a run, the grid runs of its patch."""
+    if wildcards.run != TUNED:
+        return {}
+    return {
+        "scaling": f"{VALIDATION}/scaling.fits",
+        "candidates": [
+            f"{VALIDATION}/runs/{run}/patch_{wildcards.patch}.fits"
+            for run in candidate_runs()
+        ],
+    }
+
+
+def validation_truth_files():
+    """True κ of the mock patches."""
+    return [f"{RESULTS}/truth/patch_{p}.fits" for p in validation_patch_ids()]
+
+
+def validation_params():
+    """The configuration the validation products depend on (the data patch list excluded)."""
+    sampling = {k: v for k, v in config["sampling"].items() if k != "patches"}
+    return {
+        "seed": config["seed"],
+        "sampling": sampling,
+        "layout": config["layout"],
+        "validation": config["validation"],
+    }
+
+
+def figure_patch_id():
+    """Data patch of the representative-patch figure."""
+    p = config["validation"]["figure_patch"]
+    if p is None:
+        patches = config["sampling"]["patches"]
+        p = patches[0] if isinstance(patches, list) else 0
+    return f"{int(p):04d}"
+
+
+def cluster_source():
+    """Cluster catalogue of the patch figure, or the truth of that patch on mocks."""
+    if config["validation"]["clusters"]:
+        return config["validation"]["clusters"]
+    return f"{RESULTS}/truth/patch_{figure_patch_id()}.fits"
+
+
+rule validate_sample:
+    """DPS samples of one mock patch for one validation run (grid candidate, unscaled, tuned)."""
+    input:
+        unpack(tuned_run_inputs),
+        data=f"{RESULTS}/data/patch_{{patch}}.fits",
+        model=f"{RESULTS}/prior/model.pt",
+    output:
+        f"{VALIDATION}/runs/{{run}}/patch_{{patch}}.fits",
+    log:
+        f"{RESULTS}/logs/validate_sample/{{run}}/patch_{{patch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/validate_sample/{{run}}/patch_{{patch}}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        runtime=config["sampling"]["runtime_min"],
+        mem_mb=config["sampling"]["mem_mb"],
+        gpu=1,
+    params:
+        scaling=run_scaling,
+        config=validation_params(),
+    script:
+        "../../scripts/validate_sample.py"
+
+
+rule tarp_references:
+    """Unconditional prior maps: the reference points of the TARP coverage test."""
+    input:
+        model=f"{RESULTS}/prior/model.pt",
+    output:
+        f"{VALIDATION}/tarp_references.fits",
+    log:
+        f"{RESULTS}/logs/tarp_references.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tarp_references.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        runtime=config["sampling"]["runtime_min"],
+        mem_mb=config["sampling"]["mem_mb"],
+        gpu=1,
+    params:
+        config=validation_params(),
+    script:
+        "../../scripts/tarp_references.py"
+
+
+rule tarp_search:
+    """TARP coverage of every candidate scaling and of unscaled DPS; the best goes to scaling.fits."""
+    input:
+        runs=[f for files in run_file_map(search_runs()).values() for f in files],
+        truth=validation_truth_files(),
+        references=f"{VALIDATION}/tarp_references.fits",
+    output:
+        scaling=f"{VALIDATION}/scaling.fits",
+        coverage=f"{VALIDATION}/tarp_search.fits",
+    log:
+        f"{RESULTS}/logs/tarp_search.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        runtime=15,
+        mem_mb=2000,
+    params:
+        run_paths=run_file_map(search_runs()),
+        scalings=search_runs(),
+        config=validation_params(),
+    script:
+        "../../scripts/tarp_search.py"
+
+
+rule validate_calibration:
+    """Figure 1: trajectory diagnostic and TARP coverage of tuned and unscaled DPS."""
+    input:
+        runs=run_files(TUNED) + run_files(UNSCALED),
+        scaling=f"{VALIDATION}/scaling.fits",
+        truth=validation_truth_files(),
+        references=f"{VALIDATION}/tarp_references.fits",
+    output:
+        coverage=f"{VALIDATION}/tarp_coverage.fits",
+        figure=report(
+            f"{VALIDATION}/fig1_calibration.png",
+            caption="../report/validation_calibration.rst",
+            category="Validation",
+        ),
+    log:
+        f"{RESULTS}/logs/validate_calibration.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        runtime=15,
+        mem_mb=2000,
+    params:
+        run_paths=run_file_map([TUNED, UNSCALED]),
+        config=validation_params(),
+    script:
+        "../../scripts/validate_calibration.py"
+
+
+rule validate_statistics:
+    """Figure 2 and tables: C_ell, rho_c(ell), ell_0.5, PDF and peaks against the truth."""
+    input:
+        tuned=run_files(TUNED),
+        truth=validation_truth_files(),
+        data=[f"{RESULTS}/data/patch_{p}.fits" for p in validation_patch_ids()],
+        ks=[f"{RESULTS}/baselines/ks/patch_{p}.fits" for p in validation_patch_ids()],
+        wiener=[
+            f"{RESULTS}/baselines/wiener/patch_{p}.fits"
+            for p in validation_patch_ids()
+        ],
+    output:
+        table=f"{VALIDATION}/statistics.fits",
+        summary=report(
+            f"{VALIDATION}/summary.csv",
+            caption="../report/validation_summary.rst",
+            category="Validation",
+        ),
+        maps=report(
+            f"{VALIDATION}/fig2_maps.png",
+            caption="../report/validation_maps.rst",
+            category="Validation",
+        ),
+        statistics=report(
+            f"{VALIDATION}/fig2_statistics.png",
+            caption="../report/validation_statistics.rst",
+            category="Validation",
+        ),
+    log:
+        f"{RESULTS}/logs/validate_statistics.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        runtime=15,
+        mem_mb=3000,
+    params:
+        config=validation_params(),
+    script:
+        "../../scripts/validate_statistics.py"
+
+
+rule validate_patch_figure:
+    """Figure 3: DPS mean, Wiener, KS and DPS std of one data patch, with clusters."""
+    input:
+        posterior=f"{RESULTS}/posterior/patch_{figure_patch_id()}.fits",
+        ks=f"{RESULTS}/baselines/ks/patch_{figure_patch_id()}.fits",
+        wiener=f"{RESULTS}/baselines/wiener/patch_{figure_patch_id()}.fits",
+        clusters=cluster_source(),
+    output:
+        report(
+            f"{VALIDATION}/fig3_patch.png",
+            caption="../report/validation_patch.rst",
+            category="Validation",
+        ),
+    log:
+        f"{RESULTS}/logs/validate_patch_figure.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        runtime=5,
+        mem_mb=1000,
+    params:
+        config=validation_params(),
+    script:
+        "../../scripts/validate_patch_figure.py"
+
+
+rule validate_mosaic_figure:
+    """Figure 4: the HEALPix posterior mean and std over the footprint (skyproj)."""
+    input:
+        mean=f"{RESULTS}/mosaic/kappa_mean.fits",
+        std=f"{RESULTS}/mosaic/kappa_std.fits",
+    output:
+        report(
+            f"{VALIDATION}/fig4_mosaic.png",
+            caption="../report/validation_mosaic.rst",
+            category="Validation",
+        ),
+    log:
+        f"{RESULTS}/logs/validate_mosaic_figure.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        runtime=10,
+        mem_mb=4000,
+    params:
+        config=validation_params(),
+    script:
+        "../../scripts/validate_mosaic_figure.py"
+
+
+ALL_TARGETS.extend(
+    [
+        f"{VALIDATION}/scaling.fits",
+        f"{VALIDATION}/tarp_search.fits",
+        f"{VALIDATION}/tarp_coverage.fits",
+        f"{VALIDATION}/fig1_calibration.png",
+        f"{VALIDATION}/statistics.fits",
+        f"{VALIDATION}/summary.csv",
+        f"{VALIDATION}/fig2_maps.png",
+        f"{VALIDATION}/fig2_statistics.png",
+        f"{VALIDATION}/fig3_patch.png",
+        f"{VALIDATION}/fig4_mosaic.png",
+    ]
+)

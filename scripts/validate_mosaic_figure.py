@@ -1,0 +1,9 @@
+from kappadiff.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+
+from kappadiff.stages.validation import mosaic_figure  # noqa: E402
+
+mosaic_figure(
+    snakemake.input.mean, snakemake.input.std, snakemake.output[0], snakemake.params.config
+)

@@ -1,0 +1,14 @@
+from kappadiff.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+
+from kappadiff.stages.validation import patch_figure  # noqa: E402
+
+patch_figure(
+    snakemake.input.posterior,
+    snakemake.input.ks,
+    snakemake.input.wiener,
+    snakemake.input.clusters,
+    snakemake.output[0],
+    snakemake.params.config,
+)

@@ -1,0 +1,17 @@
+from kappadiff.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+
+from kappadiff.stages.validation import sample_mock  # noqa: E402
+
+sample_mock(
+    snakemake.input.data,
+    snakemake.input.model,
+    snakemake.output[0],
+    snakemake.params.config,
+    int(snakemake.wildcards.patch),
+    scaling=snakemake.params.scaling,
+    scaling_path=snakemake.input.get("scaling"),
+    candidate_paths=snakemake.input.get("candidates", []),
+    threads=snakemake.threads,
+)

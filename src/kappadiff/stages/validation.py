@@ -1,0 +1,922 @@
+"""Stages of the validation on mocks: likelihood-scaling search, TARP, statistics, figures.
+
+The chain (``workflow/rules/validation.smk``):
+
+1. ``validate_sample`` — DPS on the mock patches of ``validation.patches`` (pixelised from the
+   held-out sky, truth known) for every run: ``unscaled`` (A ≡ 1), each grid candidate
+   ``t{t̄}_s{σ_t}`` and ``tuned`` (the chosen values). It calls the posterior stage's
+   :func:`kappadiff.stages.posterior.sample_patch` with the scaling overridden, so data and
+   mocks share one sampler.
+2. ``tarp_references`` — unconditional prior samples, the TARP reference points.
+3. ``tarp_search`` — TARP coverage of every grid run and the unscaled run; the best
+   ``(t̄, σ_t)`` (jointly or per bin) goes to ``results/validation/scaling.fits``, which the
+   data ``sample_patch`` rule reads.
+4. ``validate_calibration`` — TARP of the tuned and unscaled runs, and the trajectory
+   diagnostic: figure 1.
+5. ``validate_statistics`` — C_ℓ, ρ_c(ℓ), ℓ₀.₅, PDF and peaks of the tuned posterior, its
+   mean, Wiener, KS and the truth: tables and figure 2.
+6. ``validate_patch_figure`` and ``validate_mosaic_figure`` — figures 3 and 4 of the data.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import calibration, plots, stats
+from ..lensing import fourier_ell
+from ..products import (
+    ProductError,
+    atomic_output,
+    image_hdu,
+    provenance,
+    read_healpix,
+    read_images,
+    read_table,
+    write_fits,
+    write_table,
+)
+from ..seeding import derive_seed, rng_for
+
+__all__ = [
+    "REFERENCE_KINDS",
+    "calibration_figure",
+    "compare_statistics",
+    "draw_tarp_references",
+    "log_ell_bins",
+    "mosaic_figure",
+    "patch_figure",
+    "read_scaling",
+    "run_coverage",
+    "sample_mock",
+    "search_scaling",
+    "tarp_inputs",
+    "validate_statistics",
+]
+
+log = logging.getLogger(__name__)
+
+#: TARP reference distributions: draws of the diffusion prior (as Boruah et al.), and
+#: uniform points in the bounding box of the truths (the ``tarp`` package's "random").
+REFERENCE_KINDS = ("prior", "random")
+
+#: Map products compared with the truth in the statistics, in plotting order.
+METHODS = ("samples", "mean", "wiener", "ks", "truth")
+
+
+# --------------------------------------------------------------------------------------
+# scaling file
+
+
+def read_scaling(path: str | os.PathLike) -> dict[str, Any]:
+    """Read ``results/validation/scaling.fits``: ``{"scaled", "t_bar", "sigma_t"}``.
+
+    ``t_bar`` and ``sigma_t`` are lists with one value per tomographic bin.
+    """
+    cols, header = read_table(path)
+    for key in ("bin", "t_bar", "sigma_t"):
+        if key not in cols:
+            raise ProductError(f"{path}: scaling table lacks column '{key}'")
+    values = np.concatenate([cols["t_bar"], cols["sigma_t"]])
+    if not np.all(np.isfinite(values)) or np.any(cols["sigma_t"] <= 0):
+        raise ProductError(f"{path}: t_bar/sigma_t must be finite with sigma_t > 0")
+    return {
+        "scaled": True,
+        "t_bar": [float(v) for v in cols["t_bar"]],
+        "sigma_t": [float(v) for v in cols["sigma_t"]],
+    }
+
+
+# --------------------------------------------------------------------------------------
+# 1. DPS on the mocks
+
+
+def _run_scaling_of(path: str | os.PathLike) -> dict[str, Any]:
+    """The A(t) parameters a posterior product was drawn with (its SCALED/TBARb/SIGTb cards)."""
+    from astropy.io import fits
+
+    h = fits.getheader(path, 0)
+    if not h.get("SCALED", False):
+        return {"scaled": False}
+    n = sum(1 for k in h if k.startswith("TBAR"))
+    return {
+        "scaled": True,
+        "t_bar": [float(h[f"TBAR{b}"]) for b in range(1, n + 1)],
+        "sigma_t": [float(h[f"SIGT{b}"]) for b in range(1, n + 1)],
+    }
+
+
+def sample_mock(
+    data_path: str | os.PathLike,
+    model_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    config: Mapping[str, Any],
+    patch_id: int,
+    scaling: Mapping[str, Any] | None = None,
+    scaling_path: str | os.PathLike | None = None,
+    candidate_paths: Sequence[str | os.PathLike] = (),
+    threads: int = 1,
+) -> Path:
+    """Posterior samples of a mock patch with a given likelihood scaling.
+
+    Parameters
+    ----------
+    data_path, model_path, output_path, patch_id, threads
+        As for :func:`kappadiff.stages.posterior.sample_patch`.
+    config
+        ``seed``, ``sampling`` and ``validation``; ``validation.n_samples`` and
+        ``validation.n_steps`` replace the data's sampling settings, and samples are always
+        saved (TARP needs them).
+    scaling
+        ``{"scaled": bool, "t_bar": float | list, "sigma_t": float | list}`` of a grid
+        candidate or of the unscaled run.
+    scaling_path
+        Or the chosen scaling, read from ``results/validation/scaling.fits`` (the ``tuned``
+        run).
+    candidate_paths
+        The grid runs of the same patch. The noise seeds depend on the seed, patch and
+        sample index only, so a run with the A(t) of one of them is that run bit for bit:
+        its product is copied instead of being drawn again.
+
+    Returns
+    -------
+    Path
+        ``output_path``.
+    """
+    import shutil
+
+    from .posterior import sample_patch  # torch-heavy, and only this stage function needs it
+
+    if (scaling is None) == (scaling_path is None):
+        raise ValueError("give exactly one of scaling and scaling_path")
+    if scaling_path is not None:
+        scaling = read_scaling(scaling_path)
+    cfg = copy.deepcopy(dict(config))
+    s = dict(cfg["sampling"])
+    v = config["validation"]
+    s.update(
+        scaled=bool(scaling["scaled"]),
+        n_samples=int(v["n_samples"]),
+        n_steps=int(v["n_steps"]),
+        save_samples="float32",
+    )
+    if scaling["scaled"]:
+        s.update(t_bar=scaling["t_bar"], sigma_t=scaling["sigma_t"])
+    cfg["sampling"] = s
+    if scaling["scaled"]:
+        n_bins = len(np.atleast_1d(scaling["t_bar"]))
+        want = (
+            np.broadcast_to(np.asarray(scaling["t_bar"], float), (n_bins,)),
+            np.broadcast_to(np.asarray(scaling["sigma_t"], float), (n_bins,)),
+        )
+        for path in candidate_paths:
+            have = _run_scaling_of(path)
+            if have["scaled"] and all(
+                len(h) >= n_bins and np.array_equal(np.broadcast_to(w, len(h)), h)
+                for w, h in zip(want, (have["t_bar"], have["sigma_t"]), strict=True)
+            ):
+                log.info("mock patch %d: scaling %s is the run %s, copied", patch_id, scaling, path)
+                with atomic_output(output_path) as tmp:
+                    shutil.copyfile(path, tmp)
+                return Path(output_path)
+    log.info("mock patch %d, scaling %s", patch_id, scaling)
+    return sample_patch(data_path, model_path, output_path, cfg, patch_id, threads=threads)
+
+
+# --------------------------------------------------------------------------------------
+# 2. TARP references from the prior
+
+
+def draw_tarp_references(
+    model_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    config: Mapping[str, Any],
+    threads: int = 1,
+) -> Path:
+    """Unconditional prior samples (DDIM) for TARP reference points.
+
+    Writes HDU KAPPA ``[sample, bin, row, col]`` (``validation.n_references`` maps of the
+    patch size), drawn with ``validation.n_steps`` steps and the sampling η.
+    """
+    import torch
+
+    from ..diffusion.checkpoint import load_prior
+    from ..diffusion.sampler import ddim_sample, timestep_sequence
+
+    torch.set_num_threads(max(1, int(threads)))
+    v = config["validation"]
+    npix = int(config["layout"]["npix"])
+    prior = load_prior(model_path, torch.device("cpu"))
+    n_bins = len(prior.normalisation.mean)
+    if prior.npix != npix:
+        raise ValueError(
+            f"{model_path}: prior trained on {prior.npix} px patches, layout.npix = {npix}"
+        )
+    steps = timestep_sequence(int(prior.schedule.T), int(v["n_steps"]))
+    seed = derive_seed(config["seed"], "tarp_references")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        x = ddim_sample(
+            prior.model,
+            prior.schedule,
+            (int(v["n_references"]), n_bins, npix, npix),
+            steps,
+            float(config["sampling"]["eta"]),
+            generator,
+        )
+        kappa = prior.to_kappa(x).cpu().numpy()
+    header = provenance(config, seed=seed, model_hash=prior.hash or None, NFE=len(steps))
+    log.info("%d prior reference maps, %d steps", len(kappa), len(steps))
+    return write_fits(output_path, [image_hdu("KAPPA", kappa)], primary_header=header)
+
+
+# --------------------------------------------------------------------------------------
+# 3./4. TARP coverage of runs
+
+
+def _save_figure(fig, path: str | os.PathLike) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _read_stack(paths: Sequence[str | os.PathLike], hdu: str) -> np.ndarray:
+    return np.stack([read_images(p, [hdu])[0][hdu].astype(np.float64) for p in paths])
+
+
+def _read_samples(paths: Sequence[str | os.PathLike]) -> np.ndarray:
+    """SAMPLES of each patch stacked as ``[sample, patch, bin, row, col]``."""
+    stack = _read_stack(paths, "SAMPLES")  # [patch, sample, bin, row, col]
+    return np.moveaxis(stack, 0, 1)
+
+
+def tarp_inputs(
+    samples: np.ndarray,
+    truth: np.ndarray,
+    reference_maps: np.ndarray,
+    n_regions: int,
+    block: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TARP vectors of the samples, truths and prior references.
+
+    Parameters
+    ----------
+    samples
+        ``[sample, patch, bin, n, n]``.
+    truth
+        ``[patch, bin, n, n]``.
+    reference_maps
+        Prior samples ``[n_ref, bin, n, n]``.
+    n_regions, block
+        See :func:`kappadiff.calibration.tarp_vectors`.
+
+    Returns
+    -------
+    (x, theta, pool)
+        ``x [sample, sim, bin, dim]``, ``theta [sim, bin, dim]`` with sims = patch ×
+        sub-region, and the reference pool ``[n_ref × n_regions², bin, dim]``.
+    """
+    if samples.shape[1:] != truth.shape:
+        raise ValueError(f"samples {samples.shape} do not match truth {truth.shape}")
+    if reference_maps.shape[1:] != truth.shape[1:]:
+        raise ValueError(f"prior references {reference_maps.shape} do not match {truth.shape}")
+    x = calibration.tarp_vectors(samples, n_regions, block)
+    n_s, n_p, n_r = x.shape[:3]
+    x = x.reshape(n_s, n_p * n_r, *x.shape[3:])
+    theta = calibration.tarp_vectors(truth, n_regions, block)
+    theta = theta.reshape(n_p * n_r, *theta.shape[2:])
+    pool = calibration.tarp_vectors(reference_maps, n_regions, block)
+    pool = pool.reshape(-1, *pool.shape[2:])
+    return x, theta, pool
+
+
+def run_coverage(
+    x: np.ndarray,
+    theta: np.ndarray,
+    pool: np.ndarray,
+    config: Mapping[str, Any],
+) -> dict[tuple[str, int], calibration.TarpResult]:
+    """TARP of one run: every reference kind, all bins jointly (bin 0) and each bin alone.
+
+    References and random streams depend on the kind and bin only, not on the run, so that
+    runs are compared on the same references.
+
+    Returns
+    -------
+    dict
+        ``{(reference kind, bin): TarpResult}``, bin 0 = joint, 1..n_bin = single bins.
+    """
+    v = config["validation"]
+    n_sims, n_bins = theta.shape[0], theta.shape[1]
+    out = {}
+    for kind in REFERENCE_KINDS:
+        for b in range(n_bins + 1):
+            sel = slice(None) if b == 0 else slice(b - 1, b)
+            xs = x[:, :, sel].reshape(x.shape[0], n_sims, -1)
+            th = theta[:, sel].reshape(n_sims, -1)
+            rng = rng_for(config["seed"], "tarp", kind, b)
+            if kind == "prior":
+                refs = calibration.prior_references(
+                    pool[:, sel].reshape(len(pool), -1), n_sims, rng
+                )
+            else:
+                refs = calibration.random_references(th, rng)
+            out[kind, b] = calibration.tarp_coverage(
+                xs, th, refs, rng, n_alpha=int(v["n_alpha"]), n_bootstrap=int(v["n_bootstrap"])
+            )
+    return out
+
+
+def _coverage_columns(
+    results: Mapping[str, Mapping[tuple[str, int], calibration.TarpResult]],
+) -> dict[str, np.ndarray]:
+    """Long table of the curves: run, refs, bin, alpha, ecp, ecp_lo, ecp_hi."""
+    rows: dict[str, list] = {
+        k: [] for k in ("run", "refs", "bin", "alpha", "ecp", "ecp_lo", "ecp_hi")
+    }
+    for run, per in results.items():
+        for (kind, b), r in per.items():
+            n = len(r.alpha)
+            rows["run"] += [run] * n
+            rows["refs"] += [kind] * n
+            rows["bin"] += [b] * n
+            for key in ("alpha", "ecp", "ecp_lo", "ecp_hi"):
+                rows[key] += list(getattr(r, key))
+    return {k: np.asarray(v) for k, v in rows.items()}
+
+
+def _summary_columns(
+    results: Mapping[str, Mapping[tuple[str, int], calibration.TarpResult]],
+    scalings: Mapping[str, Mapping[str, Any]],
+) -> dict[str, np.ndarray]:
+    """One row per (run, refs, bin): the A(t) parameters and max |ECP − α|."""
+    rows: dict[str, list] = {
+        k: [] for k in ("run", "scaled", "t_bar", "sigma_t", "refs", "bin", "max_error")
+    }
+    for run, per in results.items():
+        sc = scalings[run]
+        n_bins = max(b for _, b in per)
+        if sc["scaled"]:
+            t_bar = np.broadcast_to(np.asarray(sc["t_bar"], float).ravel(), (n_bins,))
+            sigma = np.broadcast_to(np.asarray(sc["sigma_t"], float).ravel(), (n_bins,))
+        else:
+            t_bar = sigma = np.full(n_bins, np.nan)
+        for (kind, b), r in per.items():
+            rows["run"].append(run)
+            rows["scaled"].append(bool(sc["scaled"]))
+            # joint rows (bin 0) carry bin 1's values (equal across bins unless chosen per bin)
+            rows["t_bar"].append(float(t_bar[max(b, 1) - 1]))
+            rows["sigma_t"].append(float(sigma[max(b, 1) - 1]))
+            rows["refs"].append(kind)
+            rows["bin"].append(b)
+            rows["max_error"].append(r.max_error)
+    return {k: np.asarray(v) for k, v in rows.items()}
+
+
+def _load_runs(
+    run_paths: Mapping[str, Sequence[str | os.PathLike]],
+    truth_paths: Sequence[str | os.PathLike],
+    references_path: str | os.PathLike,
+    config: Mapping[str, Any],
+) -> dict[str, dict[tuple[str, int], calibration.TarpResult]]:
+    v = config["validation"]
+    truth = _read_stack(truth_paths, "KAPPA")
+    ref_maps = read_images(references_path, ["KAPPA"])[0]["KAPPA"].astype(np.float64)
+    results = {}
+    for run, paths in run_paths.items():
+        if len(paths) != len(truth_paths):
+            raise ValueError(f"run {run}: {len(paths)} patches, but {len(truth_paths)} truths")
+        x, theta, pool = tarp_inputs(
+            _read_samples(paths), truth, ref_maps, int(v["n_regions"]), int(v["block"])
+        )
+        results[run] = run_coverage(x, theta, pool, config)
+        log.info(
+            "run %s: %d sims x %d dims, max|ECP-a| joint (prior refs) %.3f, per bin %s",
+            run, theta.shape[0], theta.shape[1] * theta.shape[2],
+            results[run]["prior", 0].max_error,
+            [round(results[run]["prior", b].max_error, 3) for b in range(1, theta.shape[1] + 1)],
+        )  # fmt: skip
+    return results
+
+
+def search_scaling(
+    run_paths: Mapping[str, Sequence[str | os.PathLike]],
+    scalings: Mapping[str, Mapping[str, Any]],
+    truth_paths: Sequence[str | os.PathLike],
+    references_path: str | os.PathLike,
+    scaling_output: str | os.PathLike,
+    coverage_output: str | os.PathLike,
+    config: Mapping[str, Any],
+) -> Path:
+    """TARP of every candidate run; write the best (t̄, σ_t) and the coverage table.
+
+    Parameters
+    ----------
+    run_paths
+        ``{run name: [posterior product of each mock patch]}`` for the grid candidates and the
+        unscaled run, patches in the order of ``truth_paths``.
+    scalings
+        ``{run name: {"scaled", "t_bar", "sigma_t"}}``; runs with ``scaled`` False are
+        evaluated for comparison but never chosen.
+    truth_paths
+        ``results/truth/patch_{id}.fits`` (HDU KAPPA) of the mock patches.
+    references_path
+        Prior reference maps (:func:`draw_tarp_references`).
+    scaling_output
+        ``results/validation/scaling.fits``: table with columns bin, t_bar, sigma_t,
+        max_error, run (one row per tomographic bin); header SCALED = T, PERBIN, TARPREFS.
+    coverage_output
+        ``results/validation/tarp_search.fits``: HDU CURVES (run, refs, bin, alpha, ecp,
+        ecp_lo, ecp_hi) and SUMMARY (run, scaled, t_bar, sigma_t, refs, bin, max_error);
+        bin 0 is the joint TARP of all bins.
+
+    Notes
+    -----
+    The criterion is ``max_α |ECP(α) − α|`` with prior references (the paper's choice). With
+    ``validation.per_bin`` each bin takes the candidate that calibrates that bin best
+    (TARP of the bin alone); the candidates' runs use one pair for all bins, so a per-bin
+    choice is checked afterwards by the ``tuned`` run.
+    """
+    v = config["validation"]
+    results = _load_runs(run_paths, truth_paths, references_path, config)
+    grid = [r for r in run_paths if scalings[r]["scaled"]]
+    if not grid:
+        raise ValueError("no scaled candidate run to choose from")
+    n_bins = max(b for _, b in results[grid[0]])
+    pairs = []
+    for r in grid:
+        tb = np.atleast_1d(np.asarray(scalings[r]["t_bar"], float))
+        st = np.atleast_1d(np.asarray(scalings[r]["sigma_t"], float))
+        if np.ptp(tb) or np.ptp(st):
+            raise ValueError(f"candidate {r} has per-bin values; candidates share one pair")
+        pairs.append((float(tb[0]), float(st[0])))
+    if v["per_bin"]:
+        errors = np.array(
+            [[results[r]["prior", b].max_error for b in range(1, n_bins + 1)] for r in grid]
+        )
+    else:
+        errors = np.array([results[r]["prior", 0].max_error for r in grid])
+    choice = calibration.choose_scaling(pairs, errors, n_bins, per_bin=bool(v["per_bin"]))
+    log.info(
+        "chosen t_bar %s, sigma_t %s (runs %s), max|ECP-a| %s",
+        choice.t_bar.tolist(), choice.sigma_t.tolist(),
+        [grid[i] for i in choice.candidate], np.round(choice.max_error, 3).tolist(),
+    )  # fmt: skip
+
+    header = provenance(
+        config,
+        seed=derive_seed(config["seed"], "tarp"),
+        scaled=True,
+        perbin=bool(v["per_bin"]),
+        tarprefs="prior",
+    )
+    write_table(
+        scaling_output,
+        {
+            "bin": np.arange(1, n_bins + 1),
+            "t_bar": choice.t_bar,
+            "sigma_t": choice.sigma_t,
+            "max_error": choice.max_error,
+            "run": np.asarray([grid[i] for i in choice.candidate]),
+        },
+        header=header,
+    )
+    _write_coverage(coverage_output, results, scalings, config)
+    return Path(scaling_output)
+
+
+def _write_coverage(
+    path: str | os.PathLike,
+    results: Mapping[str, Mapping[tuple[str, int], calibration.TarpResult]],
+    scalings: Mapping[str, Mapping[str, Any]],
+    config: Mapping[str, Any],
+) -> Path:
+    from astropy.io import fits
+
+    def table(name: str, columns: Mapping[str, np.ndarray]) -> fits.BinTableHDU:
+        cols = []
+        for key, arr in columns.items():
+            if arr.dtype.kind in "US":
+                fmt = f"{max(1, max(len(s) for s in arr))}A"
+            else:
+                fmt = {"b": "L", "i": "K"}.get(arr.dtype.kind, "D")
+            cols.append(fits.Column(name=key, format=fmt, array=arr))
+        return fits.BinTableHDU.from_columns(cols, name=name)
+
+    hdus = [
+        table("CURVES", _coverage_columns(results)),
+        table("SUMMARY", _summary_columns(results, scalings)),
+    ]
+    return write_fits(path, hdus, primary_header=provenance(config))
+
+
+def calibration_figure(
+    tuned_paths: Sequence[str | os.PathLike],
+    unscaled_paths: Sequence[str | os.PathLike],
+    scaling_path: str | os.PathLike,
+    truth_paths: Sequence[str | os.PathLike],
+    references_path: str | os.PathLike,
+    coverage_output: str | os.PathLike,
+    figure_output: str | os.PathLike,
+    config: Mapping[str, Any],
+) -> Path:
+    """TARP of the tuned and unscaled runs and the trajectory diagnostic (figure 1).
+
+    Parameters
+    ----------
+    tuned_paths, unscaled_paths
+        Posterior products of the ``tuned`` and ``unscaled`` runs on each mock patch (order of
+        ``truth_paths``).
+    scaling_path
+        ``results/validation/scaling.fits`` (the tuned run's A(t), for the table).
+    truth_paths, references_path
+        As for :func:`search_scaling`.
+    coverage_output
+        ``results/validation/tarp_coverage.fits`` (HDUs CURVES and SUMMARY as in
+        :func:`search_scaling`).
+    figure_output
+        PNG: trajectory diagnostic (DRIFT of the posterior products against t) of both runs,
+        and their joint TARP curves with bootstrap bands, prior and random references.
+    """
+    run_paths = {"tuned": list(tuned_paths), "unscaled": list(unscaled_paths)}
+    scalings = {"tuned": read_scaling(scaling_path), "unscaled": {"scaled": False}}
+    results = _load_runs(run_paths, truth_paths, references_path, config)
+    _write_coverage(coverage_output, results, scalings, config)
+    drift = {}
+    for run, paths in run_paths.items():
+        per_patch = [read_images(p, ["DRIFT", "TSTEPS"])[0] for p in paths]
+        drift[run] = (
+            per_patch[0]["TSTEPS"].astype(int),
+            np.mean([d["DRIFT"] for d in per_patch], axis=0),
+        )
+    _save_figure(plots.calibration_panels(drift, results), figure_output)
+    return Path(figure_output)
+
+
+# --------------------------------------------------------------------------------------
+# 5. statistics against the truth
+
+
+def log_ell_bins(npix: int, pixel_scale_arcmin: float, n_bins: int) -> np.ndarray:
+    """Logarithmic ℓ-bin edges from the fundamental mode to Nyquist, none of them empty.
+
+    Starts from ``n_bins`` log-spaced bins between 0.75 ℓ_f and ℓ_Nyquist and merges bins that
+    hold no Fourier mode of the ``npix × npix`` grid (the lowest ones on a small patch).
+    """
+    ell = fourier_ell(npix, npix, pixel_scale_arcmin).ravel()
+    modes = ell[ell > 0]
+    ell_nyq = 180.0 * 60.0 / pixel_scale_arcmin  # π / (pixel side in radians)
+    edges = np.geomspace(0.75 * modes.min(), ell_nyq, n_bins + 1)
+
+    def filled(lo: float, hi: float) -> bool:
+        return bool(np.any((modes >= lo) & (modes < hi)))
+
+    keep = [edges[0]]
+    for e in edges[1:-1]:
+        if filled(keep[-1], e):
+            keep.append(e)
+    keep.append(edges[-1])
+    if len(keep) > 2 and not filled(keep[-2], keep[-1]):
+        del keep[-2]
+    return np.asarray(keep)
+
+
+def compare_statistics(
+    maps: Mapping[str, np.ndarray],
+    mask: np.ndarray,
+    pixel_scale_arcmin: float,
+    ell_edges: np.ndarray,
+    pdf_edges: np.ndarray,
+    peak_edges: np.ndarray,
+) -> dict[str, dict[str, np.ndarray]]:
+    """C_ℓ, ρ_c(ℓ) with the truth, ℓ₀.₅, PDF and peak counts of each method, per bin.
+
+    Parameters
+    ----------
+    maps
+        ``{"truth": [patch, bin, n, n], "samples": [sample, patch, bin, n, n], other
+        method: [patch, bin, n, n]}``.
+    mask
+        ``[patch, bin, n, n]``, 1 where observed: PDF and peaks use observed pixels only
+        (outside them KS is zero-filled and the posterior is the prior's).
+    pixel_scale_arcmin
+        Pixel side.
+    ell_edges
+        ℓ-bin edges ``[n_ell + 1]``.
+    pdf_edges, peak_edges
+        κ-bin edges of the PDF and of the peak heights, per bin ``[bin, n + 1]``.
+
+    Returns
+    -------
+    dict
+        ``out[method]`` with ``ell [n_ell]``, ``cl [bin, n_ell]`` (mean over patches and
+        samples), ``rho [bin, n_ell]`` (spectra averaged over patches, and samples, before
+        the ratio), ``ell_half [bin]`` (ℓ where ρ_c falls to 0.5; NaN if it never does),
+        ``pdf [bin, n_pdf]`` and ``peaks [bin, n_peak]`` (peaks per patch) at the bin centres
+        ``pdf_kappa`` and ``peak_kappa`` (same shapes). For the samples,
+        ``cl_lo``/``cl_hi`` are the 16/84th percentiles of the per-sample C_ℓ.
+
+    Notes
+    -----
+    ρ_c(ℓ) = C_ℓ^{xt}/√(C_ℓ^{xx} C_ℓ^{tt}) (Boruah et al. 2025, eq. 9), with the three
+    spectra averaged over patches (and samples) first.
+    """
+    truth = np.asarray(maps["truth"], dtype=np.float64)
+    n_patch, n_bins = truth.shape[:2]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for method, m in maps.items():
+        m = np.asarray(m, dtype=np.float64)
+        lead = (0, 1) if method == "samples" else (0,)
+        t = np.broadcast_to(truth, m.shape)
+        ell, cl = stats.power_spectrum_flat(m, pixel_scale_arcmin, ell_edges)
+        _, rho = stats.correlation_coefficient(
+            m, t, pixel_scale_arcmin, ell_edges, average_axes=lead
+        )
+        res = {
+            "ell": ell,
+            "cl": cl.mean(axis=lead),
+            "rho": rho,
+            "ell_half": stats.crossing_ell(ell, rho, 0.5),
+        }
+        if method == "samples":
+            per_sample = cl.mean(axis=1)  # [sample, bin, ell]
+            res["cl_lo"], res["cl_hi"] = np.percentile(per_sample, [16.0, 84.0], axis=0)
+        msk = np.broadcast_to(mask, m.shape)
+        res["pdf"] = np.zeros((n_bins, pdf_edges.shape[-1] - 1))
+        res["peaks"] = np.zeros((n_bins, peak_edges.shape[-1] - 1))
+        res["pdf_kappa"] = 0.5 * (pdf_edges[:, 1:] + pdf_edges[:, :-1])
+        res["peak_kappa"] = 0.5 * (peak_edges[:, 1:] + peak_edges[:, :-1])
+        for b in range(n_bins):
+            _, dens = stats.pdf(m[..., b, :, :], pdf_edges[b], msk[..., b, :, :])
+            res["pdf"][b] = dens.mean(axis=lead)
+            _, counts = stats.peak_counts(m[..., b, :, :], peak_edges[b], mask=msk[..., b, :, :])
+            res["peaks"][b] = counts.mean(axis=lead)
+        out[method] = res
+    return out
+
+
+def _edges_from_truth(truth: np.ndarray, n: int, lo_sigma: float, hi_sigma: float) -> np.ndarray:
+    """Per-bin κ edges ``[bin, n + 1]`` from ``lo_sigma`` to ``hi_sigma`` truth std about 0."""
+    sigma = truth.std(axis=(0, 2, 3))
+    return np.stack([np.linspace(lo_sigma * s, hi_sigma * s, n + 1) for s in sigma])
+
+
+def validate_statistics(
+    tuned_paths: Sequence[str | os.PathLike],
+    truth_paths: Sequence[str | os.PathLike],
+    data_paths: Sequence[str | os.PathLike],
+    ks_paths: Sequence[str | os.PathLike],
+    wiener_paths: Sequence[str | os.PathLike],
+    table_output: str | os.PathLike,
+    summary_output: str | os.PathLike,
+    maps_figure: str | os.PathLike,
+    stats_figure: str | os.PathLike,
+    config: Mapping[str, Any],
+) -> dict[str, dict[str, np.ndarray]]:
+    """Summary statistics of the tuned posterior, Wiener, KS and the truth on the mocks.
+
+    Parameters
+    ----------
+    tuned_paths, truth_paths, data_paths, ks_paths, wiener_paths
+        Per mock patch (same order): the ``tuned`` run's posterior (SAMPLES, MEAN, STD), the
+        truth (KAPPA), the pixelised data (MASK), the KS and Wiener maps (KAPPA).
+    table_output
+        ``results/validation/statistics.fits``: HDUs SPECTRA (method, bin, ell, cl, rho),
+        PDF (method, bin, kappa, density), PEAKS (method, bin, kappa, count) and ELLHALF
+        (method, bin, ell_half).
+    summary_output
+        ``results/validation/summary.csv``, one row per bin: ℓ₀.₅ of each method, the ratio
+        ℓ₀.₅(DPS samples)/ℓ₀.₅(Wiener), and max |C_ℓ(samples)/C_ℓ(truth) − 1| over ℓ.
+    maps_figure, stats_figure
+        Figure 2: truth/mean/std/mask of the first mock patch, and the statistics.
+    config
+        ``layout.pixel_scale_arcmin`` and the ``validation`` section.
+
+    Returns
+    -------
+    dict
+        The output of :func:`compare_statistics`.
+    """
+    from astropy.io import fits
+
+    v = config["validation"]
+    pixel_scale = float(config["layout"]["pixel_scale_arcmin"])
+    samples = _read_samples(tuned_paths)
+    maps = {
+        "samples": samples,
+        "mean": _read_stack(tuned_paths, "MEAN"),
+        "wiener": _read_stack(wiener_paths, "KAPPA"),
+        "ks": _read_stack(ks_paths, "KAPPA"),
+        "truth": _read_stack(truth_paths, "KAPPA"),
+    }
+    mask = _read_stack(data_paths, "MASK")
+    for name, m in maps.items():
+        if m.shape[-4:] != maps["truth"].shape:
+            raise ValueError(f"{name} maps have shape {m.shape}, truth {maps['truth'].shape}")
+    npix = maps["truth"].shape[-1]
+    ell_edges = log_ell_bins(npix, pixel_scale, int(v["n_ell_bins"]))
+    pdf_edges = _edges_from_truth(maps["truth"], int(v["n_pdf_bins"]), -4.0, 6.0)
+    peak_edges = _edges_from_truth(maps["truth"], int(v["n_peak_bins"]), -1.0, 5.0)
+    res = compare_statistics(maps, mask, pixel_scale, ell_edges, pdf_edges, peak_edges)
+
+    n_bins = maps["truth"].shape[1]
+    spectra: dict[str, list] = {k: [] for k in ("method", "bin", "ell", "cl", "rho")}
+    pdfs: dict[str, list] = {k: [] for k in ("method", "bin", "kappa", "density")}
+    peaks: dict[str, list] = {k: [] for k in ("method", "bin", "kappa", "count")}
+    half: dict[str, list] = {k: [] for k in ("method", "bin", "ell_half")}
+    for method, r in res.items():
+        for b in range(n_bins):
+            n_ell = len(r["ell"])
+            spectra["method"] += [method] * n_ell
+            spectra["bin"] += [b + 1] * n_ell
+            spectra["ell"] += list(r["ell"])
+            spectra["cl"] += list(r["cl"][b])
+            spectra["rho"] += list(r["rho"][b])
+            for table, x, y, key in (
+                (pdfs, "pdf_kappa", "pdf", "density"),
+                (peaks, "peak_kappa", "peaks", "count"),
+            ):
+                table["method"] += [method] * len(r[x][b])
+                table["bin"] += [b + 1] * len(r[x][b])
+                table["kappa"] += list(r[x][b])
+                table[key] += list(r[y][b])
+            half["method"].append(method)
+            half["bin"].append(b + 1)
+            half["ell_half"].append(float(r["ell_half"][b]))
+
+    def hdu(name: str, cols: Mapping[str, list]) -> fits.BinTableHDU:
+        out = []
+        for key, values in cols.items():
+            arr = np.asarray(values)
+            fmt = (
+                f"{max(len(x) for x in arr)}A"
+                if arr.dtype.kind == "U"
+                else ("K" if arr.dtype.kind == "i" else "D")
+            )
+            out.append(fits.Column(name=key, format=fmt, array=arr))
+        return fits.BinTableHDU.from_columns(out, name=name)
+
+    write_fits(
+        table_output,
+        [hdu("SPECTRA", spectra), hdu("PDF", pdfs), hdu("PEAKS", peaks), hdu("ELLHALF", half)],
+        primary_header=provenance(config, NPATCH=len(truth_paths), NSAMPLE=samples.shape[0]),
+    )
+    _write_summary(summary_output, res)
+    first = {k: maps[k][0] for k in ("truth", "mean")}
+    std0 = _read_stack(tuned_paths[:1], "STD")[0]
+    _save_figure(
+        plots.truth_posterior_maps(
+            first["truth"], first["mean"], std0, mask[0], f"mock patch {Path(truth_paths[0]).stem}"
+        ),
+        maps_figure,
+    )
+    _save_figure(plots.summary_statistics(res), stats_figure)
+    return res
+
+
+def _write_summary(path: str | os.PathLike, res: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Per-bin headline numbers of the validation, as CSV."""
+    methods = [m for m in METHODS if m in res and m != "truth"]
+    ratio_cl = res["samples"]["cl"] / res["truth"]["cl"]
+    lines = [
+        ",".join(
+            ["bin"]
+            + [f"ell_half_{m}" for m in methods]
+            + [
+                "ell_half_ratio_samples_wiener",
+                "ell_half_ratio_mean_wiener",
+                "max_abs_cl_ratio_minus_1",
+            ]
+        )
+    ]
+    for b in range(ratio_cl.shape[0]):
+        values = [float(res[m]["ell_half"][b]) for m in methods]
+        w = float(res["wiener"]["ell_half"][b])
+        values += [
+            float(res["samples"]["ell_half"][b]) / w,
+            float(res["mean"]["ell_half"][b]) / w,
+            float(np.max(np.abs(ratio_cl[b] - 1.0))),
+        ]
+        lines.append(",".join([str(b + 1)] + [f"{x:.6g}" for x in values]))
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    log.info("validation summary:\n%s", "\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------
+# 6. figures of the data: one patch, the mosaic
+
+
+def read_cluster_catalogue(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """RA, DEC (deg) and LAMBDA (richness) of a cluster catalogue FITS table (redMaPPer).
+
+    Reads the first table extension; raises naming the file and missing column.
+    """
+    from astropy.io import fits
+
+    with fits.open(path, memmap=False) as hdul:
+        tables = [h for h in hdul if isinstance(h, fits.BinTableHDU)]
+        if not tables:
+            raise ProductError(f"{path}: no table extension")
+        data = tables[0].data
+        names = [c.upper() for c in tables[0].columns.names]
+        missing = [c for c in ("RA", "DEC", "LAMBDA") if c not in names]
+        if missing:
+            raise ProductError(f"{path}: cluster catalogue lacks columns {missing} (has {names})")
+        out = {c: np.asarray(data[c], dtype=np.float64) for c in ("RA", "DEC", "LAMBDA")}
+    bad = ~(np.isfinite(out["RA"]) & np.isfinite(out["DEC"]) & np.isfinite(out["LAMBDA"]))
+    if bad.any():
+        log.warning(
+            "%s: %d of %d clusters with non-finite RA/DEC/LAMBDA dropped", path, bad.sum(), bad.size
+        )
+        out = {k: x[~bad] for k, x in out.items()}
+    return out
+
+
+def truth_peaks(truth: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The ``n`` highest peaks of the true κ in each bin: ``[(row, col, κ)]`` per bin."""
+    out = []
+    peaks = stats.find_peaks(truth)
+    for b in range(truth.shape[0]):
+        rows, cols = np.nonzero(peaks[b])
+        heights = truth[b, rows, cols]
+        order = np.argsort(heights)[::-1][:n]
+        out.append((rows[order].astype(float), cols[order].astype(float), heights[order]))
+    return out
+
+
+def patch_figure(
+    posterior_path: str | os.PathLike,
+    ks_path: str | os.PathLike,
+    wiener_path: str | os.PathLike,
+    clusters_path: str | os.PathLike,
+    figure_output: str | os.PathLike,
+    config: Mapping[str, Any],
+) -> Path:
+    """Figure 3: DPS mean, Wiener, KS and DPS std of one patch with cluster positions.
+
+    ``clusters_path`` is either a cluster catalogue (``validation.clusters``: FITS with RA,
+    DEC, LAMBDA; the ``validation.n_clusters`` richest in the patch are drawn, the same in
+    every bin) or, on mocks, the patch's truth (HDU KAPPA; its ``n_clusters`` highest peaks
+    per bin are drawn).
+    """
+    from ..sphere import sky_to_pixel
+
+    n_show = int(config["validation"]["n_clusters"])
+    post, header = read_images(posterior_path, ["MEAN", "STD"])
+    mean, std = post["MEAN"], post["STD"]
+    maps = {
+        "DPS mean": mean,
+        "Wiener": read_images(wiener_path, ["KAPPA"])[0]["KAPPA"],
+        "Kaiser-Squires": read_images(ks_path, ["KAPPA"])[0]["KAPPA"],
+        "DPS std": std,
+    }
+    n_bins, npix = mean.shape[0], mean.shape[-1]
+    if config["validation"]["clusters"]:
+        cat = read_cluster_catalogue(clusters_path)
+        row, col = sky_to_pixel(
+            cat["RA"], cat["DEC"], header["CRVAL1"], header["CRVAL2"], npix,
+            float(config["layout"]["pixel_scale_arcmin"]),
+        )  # fmt: skip
+        inside = (
+            np.isfinite(row)
+            & (row >= -0.5)
+            & (row < npix - 0.5)
+            & (col >= -0.5)
+            & (col < npix - 0.5)
+        )
+        order = np.argsort(cat["LAMBDA"][inside])[::-1][:n_show]
+        sel = (row[inside][order], col[inside][order], cat["LAMBDA"][inside][order])
+        clusters = [sel] * n_bins
+        label = f"redMaPPer-like clusters (λ, {len(order)} richest)"
+    else:
+        truth = read_images(clusters_path, ["KAPPA"])[0]["KAPPA"].astype(np.float64)
+        clusters = truth_peaks(truth, n_show)
+        label = f"{n_show} highest true-κ peaks"
+    title = f"patch {header.get('PATCH', Path(posterior_path).stem)}"
+    _save_figure(plots.patch_reconstructions(maps, clusters, title, label), figure_output)
+    return Path(figure_output)
+
+
+def mosaic_figure(
+    mean_path: str | os.PathLike,
+    std_path: str | os.PathLike,
+    figure_output: str | os.PathLike,
+    config: Mapping[str, Any],
+) -> Path:
+    """Figure 4: HEALPix mosaic of the posterior mean and std, bin ``validation.mosaic_bin``."""
+    b = int(config["validation"]["mosaic_bin"])
+    mean, _ = read_healpix(mean_path)
+    std, _ = read_healpix(std_path)
+    if not 1 <= b <= len(mean):
+        raise ValueError(f"validation.mosaic_bin = {b}, but {mean_path} holds {len(mean)} bins")
+    _save_figure(plots.mosaic_maps(mean[b - 1], std[b - 1], f"bin {b}"), figure_output)
+    return Path(figure_output)

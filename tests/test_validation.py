@@ -1,0 +1,413 @@
+"""Validation stage: scaling search, TARP of runs, statistics against the truth, figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from kappadiff import products
+from kappadiff.lensing import fourier_ell
+from kappadiff.stages import validation as val
+
+N_BINS = 4
+
+
+def _config(npix=16, **overrides):
+    v = {
+        "patches": [0, 1],
+        "n_samples": 8,
+        "n_steps": 3,
+        "t_bar": [300, 500],
+        "sigma_t": [20],
+        "per_bin": False,
+        "n_references": 2,
+        "n_regions": 4,
+        "block": 2,
+        "n_alpha": 21,
+        "n_bootstrap": 50,
+        "n_ell_bins": 6,
+        "n_pdf_bins": 10,
+        "n_peak_bins": 6,
+        "figure_patch": None,
+        "clusters": "",
+        "n_clusters": 3,
+        "mosaic_bin": 4,
+    }
+    v.update(overrides)
+    return {
+        "seed": 11,
+        "sampling": {"eta": 1.0, "n_samples": 4, "n_steps": 50, "scaled": True, "t_bar": 500,
+                     "sigma_t": 20, "save_samples": "none"},
+        "layout": {"npix": npix, "pixel_scale_arcmin": 16.0, "patch_size_deg": npix * 16 / 60},
+        "validation": v,
+    }  # fmt: skip
+
+
+def gaussian_maps(rng, n_patch, n_samples, npix=16, width=1.0):
+    """Truth and posterior samples of a per-pixel Gaussian toy (width 1 = calibrated)."""
+    mu = rng.normal(0.0, 2.0, size=(n_patch, N_BINS, npix, npix))
+    truth = mu + rng.normal(size=mu.shape)
+    samples = mu + width * rng.normal(size=(n_samples, *mu.shape))
+    return truth, samples
+
+
+def write_run(path, samples, scaling, n_steps=5):
+    """A posterior product as the posterior stage writes it (the HDUs validation reads)."""
+    cards = {"SCALED": bool(scaling["scaled"])}
+    if scaling["scaled"]:
+        for b in range(N_BINS):
+            cards[f"TBAR{b + 1}"] = float(np.broadcast_to(scaling["t_bar"], (N_BINS,))[b])
+            cards[f"SIGT{b + 1}"] = float(np.broadcast_to(scaling["sigma_t"], (N_BINS,))[b])
+    t = np.linspace(999, 0, n_steps).astype(np.int32)
+    drift = np.ones((n_steps, N_BINS)) * (1.0 if scaling["scaled"] else 1.5)
+    products.write_fits(
+        path,
+        [
+            products.image_hdu("MEAN", samples.mean(0)),
+            products.image_hdu("STD", samples.std(0, ddof=1)),
+            products.image_hdu("SAMPLES", samples),
+            products.image_hdu("DRIFT", drift),
+            products.image_hdu("TSTEPS", t, dtype=np.int32),
+        ],
+        primary_header=products.provenance(None, **cards),
+    )
+
+
+def write_kappa(path, kappa):
+    products.write_fits(path, [products.image_hdu("KAPPA", kappa)])
+
+
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("npix", "scale"), [(16, 16.0), (64, 4.0), (256, 1.0)])
+def test_log_ell_bins_cover_the_patch_without_empty_bins(npix, scale):
+    edges = val.log_ell_bins(npix, scale, 10)
+    ell = fourier_ell(npix, npix, scale).ravel()
+    modes = ell[ell > 0]
+    assert np.all(np.diff(edges) > 0)
+    assert edges[0] < modes.min() and edges[-1] == pytest.approx(np.pi / (scale * np.pi / 10800))
+    counts = np.histogram(modes, bins=edges)[0]
+    assert np.all(counts > 0)
+    assert len(edges) - 1 <= 10
+
+
+def test_compare_statistics_against_known_answers(rng):
+    n_patch, npix = 6, 32
+    truth = rng.normal(size=(n_patch, N_BINS, npix, npix))
+    noise = rng.normal(size=truth.shape)
+    maps = {
+        "truth": truth,
+        "mean": truth.copy(),  # a perfect reconstruction
+        "wiener": truth + 3.0 * noise,  # white noise at 9x the signal power
+        "samples": truth[None] + 0.2 * rng.normal(size=(5, *truth.shape)),
+    }
+    mask = np.ones_like(truth)
+    edges = val.log_ell_bins(npix, 4.0, 6)
+    pdf_edges = np.tile(np.linspace(-5, 5, 21), (N_BINS, 1))
+    peak_edges = np.tile(np.linspace(-1, 5, 7), (N_BINS, 1))
+    res = val.compare_statistics(maps, mask, 4.0, edges, pdf_edges, peak_edges)
+    # identical maps: rho = 1 to rounding, never crossing 0.5
+    np.testing.assert_allclose(res["mean"]["rho"], 1.0, atol=1e-12)
+    assert np.all(np.isnan(res["mean"]["ell_half"]))
+    # white signal + white noise of 9x its power: rho = 1/sqrt(10) = 0.32 at every ell,
+    # with scatter ~1/sqrt(modes) (~0.2 in the lowest bin of 24 modes), so it falls below
+    # 0.5 within the first bins
+    assert np.all(res["wiener"]["rho"].mean(axis=-1) < 0.45)
+    assert np.all(res["wiener"]["ell_half"] <= res["wiener"]["ell"][2])
+    # samples: C_l of truth + 4 % extra white power, cl of samples / cl of truth = 1.04, up
+    # to the truth x noise cross term: sd 2 x 0.2 / sqrt(2 x 24 modes x 6 patches x 5 samples)
+    # = 0.02 in the lowest bin; 3 sd
+    ratio = res["samples"]["cl"] / res["truth"]["cl"]
+    np.testing.assert_allclose(ratio, 1.04, atol=0.06)
+    assert np.all(res["samples"]["cl_lo"] <= res["samples"]["cl_hi"])
+    # unit-variance Gaussian PDF: density integrates to the fraction within ±5 (≈ 1)
+    integral = (res["truth"]["pdf"] * 0.5).sum(axis=-1)
+    np.testing.assert_allclose(integral, 1.0, atol=1e-3)
+    # same peaks for identical maps
+    np.testing.assert_array_equal(res["mean"]["peaks"], res["truth"]["peaks"])
+
+
+def test_compare_statistics_uses_observed_pixels_only(rng):
+    truth = rng.normal(size=(1, N_BINS, 16, 16))
+    ks = truth.copy()
+    ks[..., :8, :] = 0.0  # zero-filled masked half, as Kaiser-Squires leaves it
+    mask = np.ones_like(truth)
+    mask[..., :8, :] = 0
+    pdf_edges = np.tile(np.linspace(-4, 4, 9), (N_BINS, 1))
+    peak_edges = np.tile(np.linspace(-1, 4, 6), (N_BINS, 1))
+    res = val.compare_statistics(
+        {"truth": truth, "ks": ks}, mask, 16.0, val.log_ell_bins(16, 16.0, 4), pdf_edges, peak_edges
+    )
+    np.testing.assert_array_equal(res["ks"]["pdf"], res["truth"]["pdf"])
+    np.testing.assert_array_equal(res["ks"]["peaks"], res["truth"]["peaks"])
+
+
+def test_tarp_of_runs_separates_calibrated_and_overconfident(rng):
+    config = _config()
+    truth, good = gaussian_maps(rng, n_patch=25, n_samples=8)
+    refs = rng.normal(0.0, 2.2, size=(10, N_BINS, 16, 16))
+    x, theta, pool = val.tarp_inputs(good, truth, refs, 4, 2)
+    assert x.shape == (8, 25 * 16, N_BINS, 4) and theta.shape == (400, N_BINS, 4)
+    assert pool.shape == (160, N_BINS, 4)
+    res = val.run_coverage(x, theta, pool, config)
+    assert set(res) == {(k, b) for k in val.REFERENCE_KINDS for b in range(N_BINS + 1)}
+    # 400 sims: binomial sd of ECP <= 0.025; calibrated stays within 0.1 everywhere
+    assert all(r.max_error < 0.1 for r in res.values())
+    # the same sample scatter shrunk to 30 %: over-confident
+    mean = good.mean(axis=0)
+    narrow = mean + 0.3 * (good - mean)
+    res_bad = val.run_coverage(*val.tarp_inputs(narrow, truth, refs, 4, 2), config)
+    assert res_bad["prior", 0].max_error > 0.2
+
+
+def test_search_scaling_picks_the_calibrated_run_and_the_tuned_figure(tmp_path, rng):
+    config = _config()
+    n_patch = 6
+    mu = rng.normal(0.0, 2.0, size=(n_patch, N_BINS, 16, 16))
+    truth = mu + rng.normal(size=mu.shape)
+    eps = rng.normal(size=(8, *mu.shape))
+    runs = {
+        "t300_s20": ({"scaled": True, "t_bar": 300.0, "sigma_t": 20.0}, mu + 0.3 * eps),
+        "t500_s20": ({"scaled": True, "t_bar": 500.0, "sigma_t": 20.0}, mu + eps),
+        "unscaled": ({"scaled": False}, mu + 0.1 * eps + 0.5),
+    }
+    paths, truth_paths = {}, []
+    for p in range(n_patch):
+        truth_paths.append(tmp_path / f"truth/patch_{p:04d}.fits")
+        write_kappa(truth_paths[-1], truth[p])
+    for run, (sc, s) in runs.items():
+        paths[run] = []
+        for p in range(n_patch):
+            paths[run].append(tmp_path / f"runs/{run}/patch_{p:04d}.fits")
+            write_run(paths[run][-1], s[:, p], sc)
+    ref_path = tmp_path / "refs.fits"
+    write_kappa(ref_path, rng.normal(0.0, 2.2, size=(3, N_BINS, 16, 16)))
+    scalings = {r: sc for r, (sc, _) in runs.items()}
+    out = val.search_scaling(
+        paths, scalings, truth_paths, ref_path, tmp_path / "scaling.fits",
+        tmp_path / "tarp_search.fits", config,
+    )  # fmt: skip
+    chosen = val.read_scaling(out)
+    assert chosen == {"scaled": True, "t_bar": [500.0] * 4, "sigma_t": [20.0] * 4}
+    with fits.open(tmp_path / "tarp_search.fits") as hdul:
+        summary = hdul["SUMMARY"].data
+        joint = summary[(summary["refs"] == "prior") & (summary["bin"] == 0)]
+        err = dict(zip(joint["run"], joint["max_error"], strict=True))
+        assert set(err) == set(runs)
+        assert err["t500_s20"] < 0.15 < err["unscaled"]  # 96 sims: sd 0.05 of ECP
+        curves = hdul["CURVES"].data
+        assert len(curves) == len(runs) * 2 * (N_BINS + 1) * 21
+
+    # the tuned run is the chosen candidate: figure 1 and its table
+    fig = tmp_path / "fig1.png"
+    val.calibration_figure(
+        paths["t500_s20"], paths["unscaled"], out, truth_paths, ref_path,
+        tmp_path / "tarp_coverage.fits", fig, config,
+    )  # fmt: skip
+    assert fig.stat().st_size > 10_000
+    with fits.open(tmp_path / "tarp_coverage.fits") as hdul:
+        summary = hdul["SUMMARY"].data
+        tuned = summary[(summary["run"] == "tuned") & (summary["bin"] == 0)]
+        assert np.all(tuned["t_bar"] == 500.0)
+
+
+def test_search_scaling_per_bin(tmp_path, rng):
+    config = _config(per_bin=True)
+    n_patch = 4
+    mu = rng.normal(0.0, 2.0, size=(n_patch, N_BINS, 16, 16))
+    truth = mu + rng.normal(size=mu.shape)
+    eps = rng.normal(size=(8, *mu.shape))
+    width_a = np.array([1.0, 1.0, 0.2, 0.2])[:, None, None]  # good in bins 1-2
+    width_b = np.array([0.2, 0.2, 1.0, 1.0])[:, None, None]  # good in bins 3-4
+    runs = {
+        "t300_s20": ({"scaled": True, "t_bar": 300.0, "sigma_t": 20.0}, mu + width_a * eps),
+        "t600_s50": ({"scaled": True, "t_bar": 600.0, "sigma_t": 50.0}, mu + width_b * eps),
+    }
+    truth_paths = [tmp_path / f"truth_{p}.fits" for p in range(n_patch)]
+    for p, path in enumerate(truth_paths):
+        write_kappa(path, truth[p])
+    paths = {}
+    for run, (sc, s) in runs.items():
+        paths[run] = [tmp_path / f"{run}_{p}.fits" for p in range(n_patch)]
+        for p, path in enumerate(paths[run]):
+            write_run(path, s[:, p], sc)
+    write_kappa(tmp_path / "refs.fits", rng.normal(0.0, 2.2, size=(2, N_BINS, 16, 16)))
+    val.search_scaling(
+        paths, {r: sc for r, (sc, _) in runs.items()}, truth_paths, tmp_path / "refs.fits",
+        tmp_path / "scaling.fits", tmp_path / "search.fits", config,
+    )  # fmt: skip
+    chosen = val.read_scaling(tmp_path / "scaling.fits")
+    assert chosen["t_bar"] == [300.0, 300.0, 600.0, 600.0]
+    assert chosen["sigma_t"] == [20.0, 20.0, 50.0, 50.0]
+
+
+def test_read_scaling_refuses_bad_values(tmp_path):
+    path = tmp_path / "scaling.fits"
+    products.write_table(path, {"bin": np.arange(1, 5), "t_bar": np.full(4, 500.0),
+                                "sigma_t": np.array([20.0, 0.0, 20.0, 20.0])})  # fmt: skip
+    with pytest.raises(products.ProductError, match="sigma_t > 0"):
+        val.read_scaling(path)
+    products.write_table(path, {"bin": np.arange(1, 5), "t_bar": np.full(4, 500.0)})
+    with pytest.raises(products.ProductError, match="sigma_t"):
+        val.read_scaling(path)
+
+
+def test_sample_mock_overrides_sampling_and_reuses_a_matching_run(tmp_path, monkeypatch, rng):
+    from kappadiff.stages import posterior
+
+    calls = []
+
+    def fake_sample_patch(data, model, output, config, patch_id, threads=1):
+        calls.append(config)
+        return output
+
+    monkeypatch.setattr(posterior, "sample_patch", fake_sample_patch)
+    config = _config()
+    val.sample_mock("d.fits", "m.pt", tmp_path / "o.fits", config, 3, scaling={"scaled": False})
+    s = calls[-1]["sampling"]
+    assert (s["scaled"], s["n_samples"], s["n_steps"], s["save_samples"]) == (
+        False,
+        8,
+        3,
+        "float32",
+    )
+    assert config["sampling"]["n_samples"] == 4  # the caller's config is left alone
+
+    cand = tmp_path / "cand.fits"
+    write_run(cand, rng.normal(size=(2, N_BINS, 16, 16)), {"scaled": True, "t_bar": 500.0,
+                                                           "sigma_t": 20.0})  # fmt: skip
+    scaling_path = tmp_path / "scaling.fits"
+    products.write_table(scaling_path, {"bin": np.arange(1, 5), "t_bar": np.full(4, 500.0),
+                                        "sigma_t": np.full(4, 20.0)})  # fmt: skip
+    out = tmp_path / "tuned.fits"
+    val.sample_mock("d.fits", "m.pt", out, config, 3, scaling_path=scaling_path,
+                    candidate_paths=[cand])  # fmt: skip
+    assert len(calls) == 1  # copied, not drawn again
+    assert out.read_bytes() == cand.read_bytes()
+
+    products.write_table(scaling_path, {"bin": np.arange(1, 5), "t_bar": np.full(4, 400.0),
+                                        "sigma_t": np.full(4, 20.0)})  # fmt: skip
+    val.sample_mock("d.fits", "m.pt", tmp_path / "t2.fits", config, 3, scaling_path=scaling_path,
+                    candidate_paths=[cand])  # fmt: skip
+    assert calls[-1]["sampling"]["t_bar"] == [400.0] * 4
+    with pytest.raises(ValueError, match="exactly one"):
+        val.sample_mock("d", "m", "o", config, 0)
+
+
+def test_draw_tarp_references_from_a_tiny_prior(tmp_path):
+    import torch
+
+    from kappadiff.diffusion.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from kappadiff.diffusion.data import Normalisation
+    from kappadiff.diffusion.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    unet = UNetConfig(in_channels=N_BINS, base_channels=8, channel_mults=(1, 2),
+                      num_res_blocks=1, attention_levels=(1,))  # fmt: skip
+    norm = Normalisation("affine", torch.zeros(N_BINS), torch.full((N_BINS,), 0.02),
+                         torch.zeros(N_BINS))  # fmt: skip
+    state = {"format": CHECKPOINT_FORMAT, "unet": unet.to_dict(), "ema": UNet(unet).state_dict(),
+             "schedule": {"name": "sigmoid", "T": 1000}, "normalisation": norm.to_dict(),
+             "npix": 16, "step": 0}  # fmt: skip
+    save_checkpoint(tmp_path / "model.pt", state)
+    config = _config()
+    a = val.draw_tarp_references(tmp_path / "model.pt", tmp_path / "a.fits", config)
+    b = val.draw_tarp_references(tmp_path / "model.pt", tmp_path / "b.fits", config)
+    ka = products.read_images(a, ["KAPPA"])[0]["KAPPA"]
+    assert ka.shape == (2, N_BINS, 16, 16) and np.all(np.isfinite(ka))
+    np.testing.assert_array_equal(ka, products.read_images(b, ["KAPPA"])[0]["KAPPA"])
+    with pytest.raises(ValueError, match="layout.npix = 32"):
+        val.draw_tarp_references(tmp_path / "model.pt", tmp_path / "c.fits", _config(npix=32))
+
+
+def test_validate_statistics_writes_tables_and_figures(tmp_path, rng):
+    config = _config()
+    n_patch = 2
+    truth, samples = gaussian_maps(rng, n_patch, 4)
+    files = {k: [] for k in ("tuned", "truth", "data", "ks", "wiener")}
+    for p in range(n_patch):
+        files["tuned"].append(tmp_path / f"tuned_{p}.fits")
+        write_run(files["tuned"][-1], samples[:, p], {"scaled": True, "t_bar": 500, "sigma_t": 20})
+        for k, m in (("truth", truth[p]), ("ks", truth[p] + rng.normal(size=truth[p].shape)),
+                     ("wiener", 0.5 * truth[p])):  # fmt: skip
+            files[k].append(tmp_path / f"{k}_{p}.fits")
+            write_kappa(files[k][-1], m)
+        files["data"].append(tmp_path / f"data_{p}.fits")
+        products.write_fits(files["data"][-1], [products.image_hdu("MASK", np.ones_like(truth[p]))])
+    out = {k: tmp_path / f"{k}" for k in ("table.fits", "summary.csv", "maps.png", "stats.png")}
+    res = val.validate_statistics(
+        files["tuned"], files["truth"], files["data"], files["ks"], files["wiener"],
+        out["table.fits"], out["summary.csv"], out["maps.png"], out["stats.png"], config,
+    )  # fmt: skip
+    # a Wiener map that is half the truth correlates perfectly with it
+    np.testing.assert_allclose(res["wiener"]["rho"], 1.0, atol=1e-12)
+    lines = out["summary.csv"].read_text().splitlines()
+    assert lines[0].startswith("bin,ell_half_samples,ell_half_mean,ell_half_wiener,ell_half_ks")
+    assert len(lines) == 1 + N_BINS
+    with fits.open(out["table.fits"]) as hdul:
+        assert [h.name for h in hdul[1:]] == ["SPECTRA", "PDF", "PEAKS", "ELLHALF"]
+        assert set(hdul["ELLHALF"].data["method"]) == set(val.METHODS)
+    assert out["maps.png"].stat().st_size > 10_000 and out["stats.png"].stat().st_size > 10_000
+
+
+def test_truth_peaks_are_the_highest(rng):
+    kappa = rng.normal(size=(N_BINS, 16, 16))
+    kappa[2, 5, 7] = 10.0
+    kappa[2, 11, 3] = 8.0
+    peaks = val.truth_peaks(kappa, 2)
+    row, col, height = peaks[2]
+    np.testing.assert_array_equal(row, [5, 11])
+    np.testing.assert_array_equal(col, [7, 3])
+    np.testing.assert_array_equal(height, [10.0, 8.0])
+
+
+def test_patch_figure_with_truth_peaks_and_a_cluster_catalogue(tmp_path, rng):
+    config = _config()
+    kappa = rng.normal(size=(N_BINS, 16, 16))
+    header = products.tan_header(30.0, -20.0, 16, 16.0)
+    products.write_fits(
+        tmp_path / "post.fits",
+        [
+            products.image_hdu("MEAN", kappa, header),
+            products.image_hdu("STD", np.abs(kappa), header),
+        ],
+        primary_header=products.provenance(None, PATCH=7, CRVAL1=30.0, CRVAL2=-20.0),
+    )
+    for name in ("ks", "wiener", "truth"):
+        write_kappa(tmp_path / f"{name}.fits", kappa)
+    args = [tmp_path / "post.fits", tmp_path / "ks.fits", tmp_path / "wiener.fits"]
+    val.patch_figure(*args, tmp_path / "truth.fits", tmp_path / "a.png", config)
+    assert (tmp_path / "a.png").stat().st_size > 10_000
+
+    cat = tmp_path / "redmapper.fits"
+    columns = {
+        "RA": np.array([30.0, 30.5, 200.0]),
+        "DEC": np.array([-20.0, -19.5, 0.0]),
+        "LAMBDA": np.array([40.0, 25.0, 100.0]),
+    }
+    products.write_table(cat, columns)
+    val.patch_figure(*args, cat, tmp_path / "b.png", _config(clusters=str(cat)))
+    assert (tmp_path / "b.png").stat().st_size > 10_000
+    products.write_table(cat, {"RA": np.zeros(2), "DEC": np.zeros(2)})
+    with pytest.raises(products.ProductError, match="LAMBDA"):
+        val.read_cluster_catalogue(cat)
+
+
+def test_mosaic_figure(tmp_path, rng):
+    import healpy as hp
+
+    nside = 32
+    maps = np.full((N_BINS, hp.nside2npix(nside)), hp.UNSEEN)
+    disc = hp.query_disc(nside, hp.ang2vec(40.0, -30.0, lonlat=True), np.radians(10))
+    maps[:, disc] = rng.normal(size=(N_BINS, disc.size))
+    products.write_healpix(tmp_path / "mean.fits", maps)
+    products.write_healpix(tmp_path / "std.fits", np.where(maps == hp.UNSEEN, maps, np.abs(maps)))
+    out = val.mosaic_figure(
+        tmp_path / "mean.fits", tmp_path / "std.fits", tmp_path / "m.png", _config()
+    )
+    assert out.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="mosaic_bin = 5"):
+        val.mosaic_figure(tmp_path / "mean.fits", tmp_path / "std.fits", tmp_path / "x.png",
+                          _config(mosaic_bin=5))  # fmt: skip
