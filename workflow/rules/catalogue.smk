@@ -1,1 +1,99 @@
-# Rules of the 'catalogue' stage (see docs/architecture.md).
+# Rules of the 'catalogue' stage (see docs/architecture.md): the mock DES-Y3 catalogue,
+# pixelisation into the data patches, and an occupancy footprint made from a catalogue.
+# One `pixelise` job reads the catalogue once and writes every data patch, so
+# `snakemake results/data/patch_0123.fits` runs it for all configured patches.
+from kappadiff.stages import catalogue as catalogue_stage
+
+IS_MOCK = config["catalogue"]["source"] == "mock"
+
+
+def data_patch_files():
+    """Pixelised shear maps of the configured data patches."""
+    return [f"{RESULTS}/data/patch_{i:04d}.fits" for i in data_patch_ids()]
+
+
+def truth_patch_files():
+    """True convergence cut-outs of the data patches (mocks only)."""
+    if not IS_MOCK:
+        return []
+    return [f"{RESULTS}/truth/patch_{i:04d}.fits" for i in data_patch_ids()]
+
+
+def mock_kappa_file():
+    """Convergence of the held-out sky the mock is made from (none for real data)."""
+    if not IS_MOCK:
+        return []
+    return [f"{RESULTS}/sims/{sim_name(config['sims']['mock_sim'])}/kappa.fits"]
+
+
+rule mock_catalogue:
+    """Mock DES-Y3 catalogue of the data patches from the held-out simulated sky."""
+    input:
+        kappa=f"{RESULTS}/sims/{sim_name(config['sims']['mock_sim'])}/kappa.fits",
+        layout=f"{RESULTS}/layout/footprint.fits",
+    output:
+        **catalogue_stage.mock_catalogue_files(config),
+    log:
+        f"{RESULTS}/logs/mock_catalogue.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/mock_catalogue.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        runtime=60,
+        mem_mb=catalogue_stage.mock_memory_mb(config),
+    params:
+        patches=data_patch_ids(),
+        catalogue=config["catalogue"],
+    script:
+        "../../scripts/mock_catalogue.py"
+
+
+rule pixelise:
+    """Per-pixel mean shear, noise, mask and counts of every data patch (and mock truth)."""
+    input:
+        **catalogue_stage.catalogue_files(config),
+        layout=f"{RESULTS}/layout/footprint.fits",
+        kappa=mock_kappa_file(),
+    output:
+        data=data_patch_files(),
+        truth=truth_patch_files(),
+    log:
+        f"{RESULTS}/logs/pixelise.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pixelise.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        runtime=120,
+        mem_mb=catalogue_stage.pixelise_memory_mb(config),
+    params:
+        patches=data_patch_ids(),
+        catalogue=config["catalogue"],
+    script:
+        "../../scripts/pixelise.py"
+
+
+rule catalogue_footprint:
+    """HEALPix occupancy footprint of the catalogue, for layout.footprint on real data."""
+    input:
+        **catalogue_stage.catalogue_files(config),
+    output:
+        f"{RESULTS}/catalogue/footprint.fits",
+    log:
+        f"{RESULTS}/logs/catalogue_footprint.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        runtime=60,
+        mem_mb=1000,
+    params:
+        catalogue=config["catalogue"],
+    script:
+        "../../scripts/catalogue_footprint.py"
+
+
+ALL_TARGETS.extend([*data_patch_files(), *truth_patch_files()])

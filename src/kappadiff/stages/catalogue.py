@@ -1,0 +1,431 @@
+"""Catalogue stage: the mock DES-Y3 catalogue, pixelisation into patches, occupancy footprint.
+
+``mock_catalogue`` draws a DES-Y3-like catalogue from the held-out simulated sky;
+``pixelise`` reads a catalogue (mock, DES-Y3 HDF5 or FITS with a column map) once per patch
+group and writes ``results/data/patch_{id:04d}.fits`` (and, for mocks, the true
+convergence on the same grids, ``results/truth/patch_{id:04d}.fits``);
+``catalogue_footprint`` makes a HEALPix occupancy mask from a catalogue for the layout.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import healpy as hp
+import numpy as np
+
+from .. import footprint, sims, sphere
+from ..catalogue import (
+    Calibration,
+    GalaxyChunk,
+    PatchGrid,
+    calibration_from_sums,
+    mock_positions,
+    mock_shapes,
+    occupancy_mask,
+    patch_lookup,
+    pixelise_catalogue,
+    quality_cuts,
+    shear_at_positions,
+)
+from ..catalogue_io import (
+    DESY3Files,
+    desy3_response_sums,
+    fits_response_sums,
+    iter_desy3_catalogue,
+    iter_fits_catalogue,
+    write_desy3_catalogue,
+    write_fits_catalogue,
+)
+from ..products import (
+    ProductError,
+    image_hdu,
+    provenance,
+    read_healpix,
+    read_table,
+    tan_header,
+    write_fits,
+    write_healpix,
+)
+from ..seeding import derive_seed, rng_for
+from ..survey import DESY3_N_BINS
+
+__all__ = [
+    "catalogue_files",
+    "catalogue_footprint",
+    "make_mock_catalogue",
+    "mock_catalogue_files",
+    "mock_memory_mb",
+    "pixelise",
+    "pixelise_memory_mb",
+]
+
+log = logging.getLogger(__name__)
+
+_DESY3_KEYS = ("metacal", "index", "sompz")
+
+
+def mock_catalogue_files(config: Mapping[str, Any]) -> dict[str, str]:
+    """Files the mock catalogue is written to: ``fits``, plus the DES HDF5 triple if asked."""
+    base = os.path.join(config["results"], "catalogue")
+    files = {"fits": os.path.join(base, "mock.fits")}
+    if config["catalogue"]["mock_format"] == "desy3":
+        files.update({k: os.path.join(base, f"mock_{k}.h5") for k in _DESY3_KEYS})
+    return files
+
+
+def catalogue_files(config: Mapping[str, Any]) -> dict[str, str]:
+    """The catalogue files ``pixelise`` reads, by role (``fits`` or ``metacal/index/sompz``)."""
+    cat = config["catalogue"]
+    if cat["source"] == "mock":
+        files = mock_catalogue_files(config)
+        if cat["mock_format"] == "desy3":
+            return {k: files[k] for k in _DESY3_KEYS}
+        return {"fits": files["fits"]}
+    if cat["source"] == "desy3":
+        return {k: cat["desy3"][k] for k in _DESY3_KEYS}
+    return {"fits": cat["fits"]["path"]}
+
+
+def mock_memory_mb(config: Mapping[str, Any]) -> int:
+    """Memory (MB) of the ``mock_catalogue`` job, for the rule's ``mem_mb``.
+
+    The 4 float32 convergence maps, one bin's float64 shear maps and its spherical-harmonic
+    transforms (~ 620 nside^2 bytes in all), and, for the DES HDF5 layout written from
+    memory, 100 bytes a galaxy; plus 30 % and 500 MB for the interpreter.
+    """
+    cat = config["catalogue"]
+    maps = 620 * config["sims"]["nside"] ** 2
+    galaxies = 0
+    if cat["mock_format"] == "desy3":
+        n_patch = (
+            len(config["sampling"]["patches"]) if config["sampling"]["patches"] != "all" else 450
+        )
+        area = n_patch * (config["layout"]["patch_size_deg"] * 60) ** 2
+        galaxies = 100 * area * sum(cat["n_eff"])
+    return int(1.3 * (maps + galaxies) / 2**20) + 500
+
+
+def pixelise_memory_mb(config: Mapping[str, Any]) -> int:
+    """Memory (MB) of the ``pixelise`` job, for the rule's ``mem_mb``.
+
+    The accumulator budget, a chunk of galaxies and its galaxy-patch pairs (~ 30 float64 or
+    int64 arrays of up to 3 pairs a galaxy), the 4 convergence maps of a mock (float32, read
+    for the truth cut-outs) and 500 MB for the interpreter.
+    """
+    cat = config["catalogue"]
+    chunk = 30 * 8 * 3 * cat["chunk_size"]
+    maps = 4 * 4 * 12 * config["sims"]["nside"] ** 2 if cat["source"] == "mock" else 0
+    return int(cat["memory_mb"] + (chunk + maps) / 2**20) + 500
+
+
+def _grid(config: Mapping[str, Any], layout_path: str | os.PathLike) -> tuple[PatchGrid, Any]:
+    """The footprint layout table as a :class:`PatchGrid`, checked against the config."""
+    table, header = read_table(layout_path)
+    lay = config["layout"]
+    for key in ("ra", "dec"):
+        if key not in table:
+            raise ProductError(f"{layout_path}: layout table has no column '{key}'")
+    for card, value in (("NPIX", lay["npix"]), ("PIXSCALE", lay["pixel_scale_arcmin"])):
+        if card in header and not np.isclose(header[card], value, rtol=1e-6):
+            raise ProductError(
+                f"{layout_path}: {card} = {header[card]} but the configuration gives {value}"
+            )
+    grid = PatchGrid(table["ra"], table["dec"], int(lay["npix"]), float(lay["pixel_scale_arcmin"]))
+    return grid, header
+
+
+def _single(value: Any) -> str | None:
+    """A path given as a string or a (possibly empty) one-element list; None if absent."""
+    if value is None or isinstance(value, str | os.PathLike):
+        return None if value is None else os.fspath(value)
+    values = list(value)
+    if len(values) > 1:
+        raise ValueError(f"expected one file, got {values}")
+    return os.fspath(values[0]) if values else None
+
+
+def _footprint(config: Mapping[str, Any]) -> np.ndarray:
+    lay = config["layout"]
+    return footprint.footprint_mask(lay["footprint"], lay["footprint_nside"])
+
+
+# --------------------------------------------------------------------------- mock
+
+
+def make_mock_catalogue(
+    config: Mapping[str, Any],
+    kappa_path: str | os.PathLike,
+    layout_path: str | os.PathLike,
+    patch_ids: Sequence[int],
+    outputs: Mapping[str, str],
+) -> None:
+    """Draw the mock DES-Y3 catalogue of the configured patches from a simulated sky.
+
+    Galaxies are Poisson distributed at ``catalogue.n_eff`` per bin over the union of the
+    patches ``patch_ids`` inside the footprint, sheared by the sky's convergence (healpy
+    spin-2 shear at each galaxy, DES sign, optionally reduced) plus Gaussian shape noise
+    ``catalogue.sigma_e``. Bins are drawn one after the other, so only one bin's shear maps
+    are held in memory. Written to ``outputs['fits']`` and, with
+    ``catalogue.mock_format: desy3``, ``outputs['metacal'|'index'|'sompz']`` (unit response,
+    no selection response).
+    """
+    cat = config["catalogue"]
+    grid_all, _ = _grid(config, layout_path)
+    ids = np.asarray(sorted(set(int(i) for i in patch_ids)), dtype=np.int64)
+    if ids.size == 0 or ids.max() >= len(grid_all):
+        raise ValueError(
+            f"mock catalogue: patch ids {ids.tolist()} not in the {len(grid_all)}-patch "
+            f"layout {layout_path}"
+        )
+    grid = grid_all.subset(ids)
+    lookup = patch_lookup(grid)
+    mask = _footprint(config)
+    kappa, kheader = read_healpix(kappa_path)
+    if len(kappa) != DESY3_N_BINS:
+        raise ProductError(f"{kappa_path}: {len(kappa)} convergence maps, expected {DESY3_N_BINS}")
+    n_eff = np.asarray(cat["n_eff"], dtype=np.float64)
+    sigma_e = np.asarray(cat["sigma_e"], dtype=np.float64)
+    seed = config["seed"]
+
+    def chunks() -> Iterator[dict[str, np.ndarray]]:
+        for b in range(DESY3_N_BINS):
+            g1map, g2map = sims.shear_from_kappa(kappa[b])
+            for k, pid in enumerate(ids):
+                rng = rng_for(seed, "mock_catalogue", int(pid), b)
+                ra, dec = mock_positions(rng, grid, k, n_eff[b], lookup, mask)
+                bins = np.full(ra.size, b, dtype=np.int64)
+                maps = (g1map[None], g2map[None], kappa[b][None] if cat["reduced_shear"] else None)
+                g1, g2 = shear_at_positions(ra, dec, np.zeros_like(bins), *maps)
+                e1, e2 = mock_shapes(rng, g1, g2, bins, sigma_e)
+                log.info("bin %d, patch %d: %d galaxies", b + 1, pid, ra.size)
+                yield {
+                    "ra": ra,
+                    "dec": dec,
+                    "e1": e1,
+                    "e2": e2,
+                    "weight": np.ones(ra.size),
+                    "bin": bins,
+                }
+            del g1map, g2map
+
+    header = provenance(
+        config,
+        seed=derive_seed(seed, "mock_catalogue"),
+        TRUTH=os.fspath(kappa_path),
+        TRUTHCFG=str(kheader.get("CFGHASH", "")),
+        REDSHEAR=bool(cat["reduced_shear"]),
+        PATCHES=",".join(str(i) for i in ids),
+        **{f"NEFF{b + 1}": float(n_eff[b]) for b in range(DESY3_N_BINS)},
+        **{f"SIGE{b + 1}": float(sigma_e[b]) for b in range(DESY3_N_BINS)},
+    )
+    if "metacal" not in outputs:
+        n = write_fits_catalogue(outputs["fits"], chunks(), header)
+    else:
+        # small sizes only: the DES HDF5 layout is written from memory
+        parts = list(chunks())
+        columns = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        n = write_fits_catalogue(outputs["fits"], [columns], header)
+        write_desy3_catalogue(
+            DESY3Files(outputs["metacal"], outputs["index"], outputs["sompz"]),
+            columns,
+            header={k: str(v) for k, v in header.items()},
+        )
+    area = grid.npix * grid.pixel_scale_arcmin
+    log.info(
+        "mock catalogue: %d galaxies over %d patches of %.0f arcmin (%.2f / arcmin^2 total)",
+        n,
+        len(ids),
+        area,
+        n_eff.sum(),
+    )
+
+
+# --------------------------------------------------------------------------- pixelise
+
+
+def _chunk_source(
+    config: Mapping[str, Any], inputs: Mapping[str, str]
+) -> tuple[Callable[[], Iterable[GalaxyChunk]], str]:
+    """A callable that iterates the configured catalogue's chunks, and the catalogue's name."""
+    cat = config["catalogue"]
+    size = cat["chunk_size"]
+    if "metacal" in inputs:
+        files = DESY3Files(inputs["metacal"], inputs["index"], inputs["sompz"])
+        return functools.partial(iter_desy3_catalogue, files, size), files.metacal
+    if cat["source"] == "fits":
+        fcfg = cat["fits"]
+        args = (fcfg["columns"], size, fcfg["radec_units"], fcfg["extension"])
+    else:
+        args = (None, size, "deg", 1)
+    return functools.partial(iter_fits_catalogue, inputs["fits"], *args), inputs["fits"]
+
+
+def _calibration(
+    config: Mapping[str, Any],
+    inputs: Mapping[str, str],
+    chunks: Callable[[], Iterable[GalaxyChunk]],
+    where: str,
+) -> Calibration:
+    """Per-bin calibration: metacal response (DES-Y3), mean response column (FITS), or none."""
+    cat = config["catalogue"]
+    n_bins, e_max, m = DESY3_N_BINS, cat["e_max"], cat["m_bias"]
+    if "metacal" in inputs:
+        files = DESY3Files(inputs["metacal"], inputs["index"], inputs["sompz"])
+        log.info("DES-Y3 catalogue %s: measuring the shear response", files)
+        sums = desy3_response_sums(files, n_bins, e_max, cat["chunk_size"])
+        return calibration_from_sums(sums, m, cat["subtract_mean_shear"], where)
+    has_response = cat["source"] == "fits" and bool(cat["fits"]["columns"].get("response"))
+    if cat["subtract_mean_shear"] or has_response:
+        sums = fits_response_sums(chunks(), n_bins, e_max, where)
+        return calibration_from_sums(sums, m, cat["subtract_mean_shear"], where)
+    return Calibration.identity(n_bins, m)
+
+
+def pixelise(
+    config: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    patch_ids: Sequence[int],
+    data_paths: Sequence[str],
+    truth_paths: Sequence[str] = (),
+) -> None:
+    """Pixelise the configured catalogue into per-patch shear maps (and mock truth maps).
+
+    Parameters
+    ----------
+    config
+        Validated configuration (``catalogue``, ``layout``, ``seed``).
+    inputs
+        Input files by name: the catalogue's (:func:`catalogue_files`), ``layout`` (the
+        footprint layout table) and, for mocks, ``kappa`` (the sky the mock was made from;
+        a path or a one-element list).
+    patch_ids, data_paths
+        Patches to make and their output files (same order).
+    truth_paths
+        For mocks: output files of the true convergence cut-outs, one a patch.
+    """
+    cat = config["catalogue"]
+    lay = config["layout"]
+    if len(patch_ids) != len(data_paths):
+        raise ValueError(f"pixelise: {len(patch_ids)} patch ids for {len(data_paths)} outputs")
+    layout_path = _single(inputs["layout"])
+    kappa_path = _single(inputs.get("kappa"))
+    inputs = {k: _single(inputs[k]) for k in (*_DESY3_KEYS, "fits") if _single(inputs.get(k))}
+    grid_all, _ = _grid(config, layout_path)
+    ids = np.asarray([int(i) for i in patch_ids], dtype=np.int64)
+    if ids.size and ids.max() >= len(grid_all):
+        raise ValueError(f"pixelise: patch ids beyond the {len(grid_all)}-patch {layout_path}")
+    grid = grid_all.subset(ids)
+    chunks, where = _chunk_source(config, inputs)
+    cal = _calibration(config, inputs, chunks, where)
+    log.info("calibration: %s", cal.header())
+
+    mask = _footprint(config)
+    nside_fp = hp.npix2nside(mask.size)
+    observed = mask[
+        sphere.pixel_table(nside_fp, grid.ra0, grid.dec0, grid.npix, grid.pixel_scale_arcmin)
+    ]
+    truth = None
+    if truth_paths:
+        if kappa_path is None or len(truth_paths) != len(ids):
+            raise ValueError(
+                "pixelise: truth outputs need the convergence map and one path a patch"
+            )
+        kappa, _ = read_healpix(kappa_path)
+        nside = hp.npix2nside(kappa.shape[-1])
+        args = (nside, grid.ra0, grid.dec0, grid.npix, grid.pixel_scale_arcmin)
+        if lay["interpolation"] == "bilinear":
+            table, weights = sphere.bilinear_table(*args)
+            truth = sphere.extract(kappa, table, weights)
+        else:
+            truth = sphere.extract(kappa, sphere.pixel_table(*args))
+        del kappa
+
+    common = dict(
+        SOURCE=cat["source"],
+        CATALOG=os.fspath(where),
+        NOISE=cat["noise"],
+        EMAX=float(cat["e_max"]),
+        **cal.header(),
+    )
+    if truth_paths:
+        common["TRUTH"] = os.fspath(kappa_path)
+    masked_fp = 0
+    for k, maps, acct in pixelise_catalogue(
+        chunks,
+        grid,
+        DESY3_N_BINS,
+        e_max=cat["e_max"],
+        calibration=cal,
+        noise=cat["noise"],
+        sigma_e=cat["sigma_e"],
+        observed=observed,
+        memory_mb=cat["memory_mb"],
+        where=os.fspath(where),
+    ):
+        if k == 0:
+            log.info("accounting: %s", acct.summary())
+        pid = int(ids[k])
+        n_out = int(((maps["NGAL"] > 0) & (maps["MASK"] == 0)).sum())
+        masked_fp += n_out
+        wcs = tan_header(grid.ra0[k], grid.dec0[k], grid.npix, grid.pixel_scale_arcmin)
+        prim = provenance(
+            config,
+            PATCHID=pid,
+            RA0=float(grid.ra0[k]),
+            DEC0=float(grid.dec0[k]),
+            NGALPAT=int(maps["NGAL"].sum()),
+            NMASKED=int((maps["MASK"] == 0).sum()),
+            NMASKFP=n_out,
+            **acct.header(),
+            **common,
+        )
+        hdus = [
+            image_hdu(name, maps[name], wcs, dtype=maps[name].dtype)
+            for name in ("G1", "G2", "SIGMA", "MASK", "NGAL")
+        ]
+        write_fits(data_paths[k], hdus, primary_header=prim)
+        if maps["MASK"].sum() == 0:
+            log.warning("patch %d holds no usable pixel: fully masked", pid)
+        if truth is not None:
+            write_fits(
+                truth_paths[k],
+                [image_hdu("KAPPA", truth[k], wcs)],
+                primary_header=provenance(config, PATCHID=pid, TRUTH=os.fspath(kappa_path)),
+            )
+    log.info("pixels with galaxies masked as outside the footprint: %d", masked_fp)
+
+
+# --------------------------------------------------------------------------- footprint
+
+
+def catalogue_footprint(
+    config: Mapping[str, Any], inputs: Mapping[str, Any], output: str | os.PathLike
+) -> None:
+    """HEALPix occupancy footprint of a catalogue (pixels holding a usable galaxy).
+
+    For real data without a footprint file: point ``layout.footprint`` at ``output``.
+    The map holds the number of galaxies passing the quality cuts per pixel at
+    ``catalogue.occupancy_nside``; the layout reads values > 0 as inside.
+    """
+    cat = config["catalogue"]
+    nside = cat["occupancy_nside"]
+    inputs = {k: _single(inputs[k]) for k in (*_DESY3_KEYS, "fits") if _single(inputs.get(k))}
+    chunks, where = _chunk_source(config, inputs)
+    counts = np.zeros(hp.nside2npix(nside), dtype=np.int64)
+    for chunk in chunks():
+        keep, _ = quality_cuts(chunk, DESY3_N_BINS, cat["e_max"], os.fspath(where))
+        counts += occupancy_mask(nside, chunk.ra[keep], chunk.dec[keep])
+    inside = counts > 0
+    area = inside.sum() * hp.nside2pixarea(nside, degrees=True)
+    log.info("occupancy footprint at nside %d: %d pixels, %.1f deg^2", nside, inside.sum(), area)
+    write_healpix(
+        output,
+        counts.astype(np.float32)[None],
+        names=["NGAL"],
+        header=provenance(config, CATALOG=os.fspath(where), AREA=float(area)),
+    )
