@@ -318,3 +318,38 @@ def test_wiener_rejects_bad_noise(rng):
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="non-finite shear"):
         lensing.wiener_filter(bad, g, sigma, np.ones((8, 8)), ELL, CL, 4.0)
+
+
+def test_sphere_shear_reconstructs_kappa_on_a_flat_patch(rng):
+    # DESIGN.md convention check: shear made on the sphere (healpy spin-2 E mode with
+    # GLASS's sign, flipped to DES (e1, e2) = (γ1, −γ2)) and cut out on a TAN patch
+    # reconstructs, by flat-sky Kaiser-Squires, the κ cut out directly (noise free).
+    hp = pytest.importorskip("healpy")
+    from kappadiff import sphere
+
+    nside, lmax = 256, 512
+    ell = np.arange(lmax + 1, dtype=float)
+    # a smooth red spectrum: the patch pixels (16′) resolve it, healpy's (13.7′) too
+    cl = np.where(ell >= 2, (ell + 10.0) ** -2 * np.exp(-((ell / 250.0) ** 2)), 0.0)
+    n_alm = hp.Alm.getsize(lmax)
+    ls, ms = hp.Alm.getlm(lmax)
+    alm = (rng.normal(size=n_alm) + 1j * rng.normal(size=n_alm)) * np.sqrt(cl[ls] / 2)
+    alm[ms == 0] = alm[ms == 0].real * np.sqrt(2)
+    kappa_map = hp.alm2map(alm, nside, lmax=lmax)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(ell >= 2, -np.sqrt((ell + 2) * (ell - 1) / (ell * (ell + 1))), 0.0)
+    g1_map, g2_map = hp.alm2map_spin([hp.almxfl(alm, factor), np.zeros_like(alm)], nside, 2, lmax)
+    e1_map, e2_map = g1_map, -g2_map
+
+    npix, scale = 32, 16.0
+    table = sphere.pixel_table(nside, [40.0], [-25.0], npix, scale)[0]
+    kappa, e1, e2 = kappa_map[table], e1_map[table], e2_map[table]
+    k_e, k_b = lensing.kaiser_squires(e1, e2, pad=npix // 2)
+    corr = np.corrcoef(k_e.ravel(), kappa.ravel())[0, 1]
+    # measured 0.95 (nearest-pixel sampling and the open boundary cost the rest); without
+    # the DES flip of γ2 it is ~0
+    assert corr > 0.9
+    # B modes come only from the boundary and the sampling: rms B/E in the central half
+    # is 0.17 here, against 0.7 without the flip
+    c = slice(npix // 4, 3 * npix // 4)
+    assert np.std(k_b[c, c]) < 0.3 * np.std(k_e[c, c])
