@@ -157,9 +157,15 @@ def kaiser_squires(g1: np.ndarray, g2: np.ndarray, pad: int = 0) -> tuple[np.nda
     return kappa.real.copy(), kappa.imag.copy()
 
 
+@functools.lru_cache(maxsize=16)
+def _kernel_on_device(ny: int, nx: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # cached so that a sampler calling the operator every step does not re-upload it
+    return torch.from_numpy(np.array(shear_kernel(ny, nx))).to(device=device, dtype=dtype)
+
+
 def _kernel_torch(ny: int, nx: int, like: torch.Tensor) -> torch.Tensor:
     ctype = torch.complex128 if like.dtype == torch.float64 else torch.complex64
-    return torch.from_numpy(np.array(shear_kernel(ny, nx))).to(device=like.device, dtype=ctype)
+    return _kernel_on_device(int(ny), int(nx), like.device, ctype)
 
 
 def kappa_to_shear_torch(kappa: torch.Tensor, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
