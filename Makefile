@@ -31,5 +31,13 @@ lint: $(BIN)/.installed
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint
 
+# A local single-node Slurm cluster (root; Debian packages installed on first use) for
+# `snakemake --profile slurm` and tests/test_slurm.py; state and logs in /tmp/kappadiff-slurm.
+slurm-up:
+	ci/slurm/up.sh
+
+slurm-down:
+	ci/slurm/down.sh
+
 clean-venv:
 	rm -rf $(VENV)

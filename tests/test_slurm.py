@@ -1,0 +1,250 @@
+"""The test configuration run end to end on a real Slurm cluster through `--profile slurm`.
+
+Needs a reachable cluster with accounting and at least one (possibly fake) GPU; CI starts a
+local single-node one with ci/slurm/up.sh (`make slurm-up`). Without one the tests skip,
+unless KAPPADIFF_REQUIRE_SLURM=1 (set by .ci/run), when they fail instead.
+
+The module runs the workflow three times in one results folder: the whole default target;
+then, after deleting one product (the posterior of one patch once `sample_patch` exists),
+only that file by naming it; then the same file once more while its first Slurm job is
+cancelled, to show that the profile's retries resubmit it and the run completes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+pytestmark = pytest.mark.slurm
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_CONFIG = "config/test.yaml"
+# One Snakemake run, end to end included; the module must stay under 8 min in CI.
+RUN_TIMEOUT_S = 300
+# The plugin waits this long before its first status query (40 s by default).
+FIRST_STATUS_CHECK_S = 2
+SLURM_COMMANDS = ("sbatch", "squeue", "scancel", "sacct", "scontrol", "sinfo")
+
+
+def _slurm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+
+def cluster_problem() -> str | None:
+    """Why the Slurm cluster cannot run this test, or None when it can."""
+    missing = [c for c in SLURM_COMMANDS if shutil.which(c) is None]
+    if missing:
+        return f"Slurm commands not on PATH: {', '.join(missing)}"
+    ping = _slurm("scontrol", "ping")
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        return f"no Slurm controller answers `scontrol ping`: {ping.stdout}{ping.stderr}".strip()
+    acct = _slurm("sacct", "-X", "-n", "-S", "now-1minutes")
+    if acct.returncode != 0:
+        return f"sacct fails (no accounting storage?): {acct.stderr.strip()}"
+    nodes = _slurm("sinfo", "-h", "-N", "-o", "%T %G").stdout.split("\n")
+    usable = [n for n in nodes if n.split(" ")[0] in ("idle", "mixed", "allocated")]
+    if not any("gpu" in n for n in usable):
+        return f"no usable Slurm node with GPUs (sinfo: {nodes})"
+    return None
+
+
+@dataclass
+class Run:
+    """One Snakemake invocation: its exit status, console output and Slurm run id."""
+
+    returncode: int
+    output: str
+    run_id: str | None
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.output.splitlines()[-n:])
+
+
+def snakemake(results: Path, *args: str) -> Run:
+    """Run Snakemake from the repository root with `--profile slurm` and the test config.
+
+    `timeout` interrupts a hung run with SIGINT, on which Snakemake cancels its Slurm jobs,
+    and kills it 30 s later; the run then fails with exit status 124 or 137.
+    """
+    cmd = [
+        "timeout", "-s", "INT", "-k", "30", str(RUN_TIMEOUT_S),
+        sys.executable, "-m", "snakemake", *args,
+        "--profile", "slurm",
+        "--slurm-init-seconds-before-status-checks", str(FIRST_STATUS_CHECK_S),
+        "--configfile", TEST_CONFIG,
+        "--config", f"results={results}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    output = proc.stdout + proc.stderr
+    match = re.search(r"SLURM run ID: (\S+)", output)
+    return Run(proc.returncode, output, match.group(1) if match else None)
+
+
+def planned_outputs(results: Path, *targets: str) -> dict[Path, str]:
+    """Every output file of the DAG of `targets` (default: rule all) -> the rule making it."""
+    cmd = [
+        sys.executable, "-m", "snakemake", *targets, "--summary", "--cores", "1",
+        "--configfile", TEST_CONFIG, "--config", f"results={results}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, f"snakemake --summary failed:\n{proc.stdout}{proc.stderr}"
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("output_file\t"))
+    plan = {}
+    for line in lines[header + 1 :]:
+        fields = line.split("\t")
+        if len(fields) >= 3:
+            plan[Path(fields[0])] = fields[2]
+    return plan
+
+
+def slurm_jobs(run_id: str) -> list[tuple[str, str, str]]:
+    """(job id, comment, state) of every Slurm job of one Snakemake run, from accounting.
+
+    The plugin names every job of a run after its run id and comments it with the rule
+    (`rule_<rule>` or `rule_<rule>_wildcards_<values>`).
+    """
+    out = _slurm(
+        "sacct", "-X", "-n", "-P", "-S", "now-1days", "--name", run_id,
+        "-o", "JobID,Comment,State",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return [tuple(line.split("|")[:3]) for line in out.stdout.splitlines() if line]
+
+
+def rule_of(comment: str) -> str:
+    return re.sub(r"^rule_|_wildcards_.*$", "", comment)
+
+
+def assert_product(path: Path) -> None:
+    """A product exists and, when FITS, every HDU checks out and its data are finite."""
+    assert path.is_file() and path.stat().st_size > 0, f"{path} missing or empty"
+    if path.suffix != ".fits":
+        return
+    with fits.open(path, checksum=True) as hdus:
+        for hdu in hdus:
+            if "CHECKSUM" in hdu.header:
+                assert hdu.verify_checksum() == 1, f"{path}[{hdu.name}]: bad CHECKSUM"
+            if hdu.data is not None and hdu.is_image:
+                assert np.isfinite(hdu.data).all(), f"{path}[{hdu.name}]: non-finite values"
+
+
+class CancelFirstJob(threading.Thread):
+    """Cancel the first Slurm job of `rule` that shows up in the queue, as an admin would.
+
+    The job then ends CANCELLED, which the executor reports as a failure; the profile's
+    `retries` must resubmit it. Polls squeue every 0.2 s; a job lives in the queue for at
+    least the seconds Snakemake needs to start inside it, so it cannot slip through.
+    """
+
+    def __init__(self, rule: str) -> None:
+        super().__init__(daemon=True)
+        self.rule = rule
+        self.cancelled: str | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        pattern = re.compile(rf"rule_{re.escape(self.rule)}(_wildcards_.*)?")
+        while not self.stop.is_set():
+            queue = _slurm("squeue", "-h", "-o", "%i|%k|%T").stdout.splitlines()
+            for line in queue:
+                job_id, comment, state = line.split("|")
+                if pattern.fullmatch(comment) and state in ("PENDING", "RUNNING"):
+                    _slurm("scancel", job_id)
+                    self.cancelled = job_id
+                    return
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> None:
+    problem = cluster_problem()
+    if problem:
+        if os.environ.get("KAPPADIFF_REQUIRE_SLURM") == "1":
+            pytest.fail(f"KAPPADIFF_REQUIRE_SLURM=1 but {problem}")
+        pytest.skip(f"{problem}; start a local cluster with `make slurm-up`")
+
+
+@pytest.fixture(scope="module")
+def workflow_run(cluster, tmp_path_factory) -> tuple[Path, dict[Path, str], Run]:
+    """The default target of the test config, run once through the Slurm profile."""
+    results = tmp_path_factory.mktemp("slurm") / "results"
+    plan = planned_outputs(results)
+    run = snakemake(results)
+    return results, plan, run
+
+
+@pytest.fixture(scope="module")
+def rebuild_target(workflow_run) -> Path:
+    """A posterior patch when the DAG samples patches, else the last product planned."""
+    _, plan, _ = workflow_run
+    posterior = sorted(p for p, rule in plan.items() if rule == "sample_patch")
+    return posterior[0] if posterior else list(plan)[-1]
+
+
+def test_whole_workflow_runs_through_slurm(workflow_run):
+    results, plan, run = workflow_run
+    assert run.returncode == 0, f"snakemake --profile slurm failed:\n{run.tail()}"
+    assert plan, "the test config plans no jobs"
+    for path in plan:
+        assert_product(path)
+    # Every planned job ran as a Slurm job of this run, and each finished on its first try.
+    jobs = slurm_jobs(run.run_id)
+    assert sorted(rule_of(c) for _, c, _ in jobs) == sorted(plan.values()), jobs
+    assert {state for _, _, state in jobs} == {"COMPLETED"}, jobs
+
+
+def test_gpu_rules_request_gpus(workflow_run):
+    """Rules with a `gpu` resource reach Slurm with a GPU allocation (--gpus)."""
+    _, plan, run = workflow_run
+    if "sample_patch" not in plan.values():
+        pytest.skip("no GPU rule in the DAG yet (sample_patch not defined)")
+    for job_id, comment, _ in slurm_jobs(run.run_id):
+        if rule_of(comment) in ("sample_patch", "train_prior"):
+            tres = _slurm("sacct", "-X", "-n", "-P", "-j", job_id, "-o", "AllocTRES").stdout
+            assert "gres/gpu=" in tres, f"job {job_id} ({comment}) got no GPU: {tres}"
+
+
+def test_one_deleted_product_is_rebuilt_alone(workflow_run, rebuild_target):
+    results, plan, first = workflow_run
+    assert first.returncode == 0, "the full run failed; see test_whole_workflow_runs_through_slurm"
+    others = {p: p.stat().st_mtime_ns for p in plan if p != rebuild_target}
+    rebuild_target.unlink()
+    run = snakemake(results, str(rebuild_target))
+    assert run.returncode == 0, f"rebuilding {rebuild_target} failed:\n{run.tail()}"
+    assert_product(rebuild_target)
+    jobs = slurm_jobs(run.run_id)
+    assert [rule_of(c) for _, c, _ in jobs] == [plan[rebuild_target]], jobs
+    changed = [p for p, mtime in others.items() if p.stat().st_mtime_ns != mtime]
+    assert not changed, f"rebuilding one file touched others: {changed}"
+
+
+def test_cancelled_job_is_retried(workflow_run, rebuild_target):
+    results, plan, first = workflow_run
+    assert first.returncode == 0, "the full run failed; see test_whole_workflow_runs_through_slurm"
+    rule = plan[rebuild_target]
+    rebuild_target.unlink()
+    canceller = CancelFirstJob(rule)
+    canceller.start()
+    try:
+        run = snakemake(results, str(rebuild_target))
+    finally:
+        canceller.stop.set()
+        canceller.join()
+    assert canceller.cancelled, f"no {rule} job appeared in the queue:\n{run.tail()}"
+    assert run.returncode == 0, f"the run did not recover from the cancelled job:\n{run.tail()}"
+    assert_product(rebuild_target)
+    states = {job_id: state for job_id, _, state in slurm_jobs(run.run_id)}
+    assert states.pop(canceller.cancelled).startswith("CANCELLED"), states
+    assert list(states.values()) == ["COMPLETED"], f"expected one resubmission: {states}"
