@@ -31,5 +31,22 @@ def sim_name(i):
     return f"sim{int(i):03d}"
 
 
+def training_cutouts():
+    """Cut-out files of the training skies (config sims.train_sims)."""
+    return [
+        f"{RESULTS}/training/{sim_name(i)}_cutouts.npy"
+        for i in config["sims"]["train_sims"]
+    ]
+
+
+def prior_params():
+    """The configuration the prior training depends on (a change reruns it)."""
+    return {
+        "seed": config["seed"],
+        "layout": config["layout"],
+        "prior": config["prior"],
+    }
+
+
 # Every rule file appends the final products of its stage here; `rule all` builds them.
 ALL_TARGETS = []

@@ -1,23 +1,6 @@
 # Rules of the 'prior' stage (see docs/architecture.md): training of the diffusion prior.
 
 
-def training_cutouts():
-    """Cut-out files of the training skies (config sims.train_sims)."""
-    return [
-        f"{RESULTS}/training/{sim_name(i)}_cutouts.npy"
-        for i in config["sims"]["train_sims"]
-    ]
-
-
-def prior_params():
-    """The configuration the training depends on (a change reruns it)."""
-    return {
-        "seed": config["seed"],
-        "layout": config["layout"],
-        "prior": config["prior"],
-    }
-
-
 rule train_prior:
     """Train the joint 4-bin diffusion prior; resumes from results/prior/checkpoint.pt."""
     input:
