@@ -1,0 +1,111 @@
+# Helpers of the 'validation' rules (workflow/rules/validation.smk): run names, the
+# candidate grid, input lists and the config subset the products depend on.
+VALIDATION = f"{RESULTS}/validation"
+UNSCALED = "unscaled"
+TUNED = "tuned"
+
+
+wildcard_constraints:
+    run=r"unscaled|tuned|t[-+.0-9e]+_s[-+.0-9e]+",
+
+
+def validation_patch_ids():
+    """Mock patch ids of the validation, zero-padded."""
+    return [f"{i:04d}" for i in config["validation"]["patches"]]
+
+
+def check_validation_config():
+    """Cross-key checks of the validation section, before any job."""
+    v = config["validation"]
+    npix = config["layout"]["npix"]
+    if npix % (v["n_regions"] * v["block"]):
+        raise ValueError(
+            f"validation.n_regions x validation.block = {v['n_regions']} x {v['block']} "
+            f"does not divide layout.npix = {npix}"
+        )
+
+
+check_validation_config()
+
+
+def candidate_runs():
+    """Grid candidates of the scaling search: run name -> A(t) parameters."""
+    v = config["validation"]
+    return {
+        f"t{t:g}_s{s:g}": {"scaled": True, "t_bar": float(t), "sigma_t": float(s)}
+        for t in v["t_bar"]
+        for s in v["sigma_t"]
+    }
+
+
+def search_runs():
+    """Runs the TARP search evaluates: the grid and the unscaled comparison."""
+    return {**candidate_runs(), UNSCALED: {"scaled": False}}
+
+
+def run_scaling(wildcards):
+    """A(t) parameters of a run; None for the tuned run, which reads scaling.fits."""
+    if wildcards.run == TUNED:
+        return None
+    runs = search_runs()
+    if wildcards.run not in runs:
+        raise ValueError(
+            f"validation run '{wildcards.run}' is not in the grid validation.t_bar x "
+            f"validation.sigma_t ({sorted(runs)})"
+        )
+    return runs[wildcards.run]
+
+
+def run_files(run):
+    """Posterior products of one run on every mock patch."""
+    return [f"{VALIDATION}/runs/{run}/patch_{p}.fits" for p in validation_patch_ids()]
+
+
+def run_file_map(runs):
+    """{run: [product of each mock patch]} for the stage functions."""
+    return {run: run_files(run) for run in runs}
+
+
+def tuned_run_inputs(wildcards):
+    """The tuned run needs the chosen scaling and, to reuse a run, the grid runs of its patch."""
+    if wildcards.run != TUNED:
+        return {}
+    return {
+        "scaling": f"{VALIDATION}/scaling.fits",
+        "candidates": [
+            f"{VALIDATION}/runs/{run}/patch_{wildcards.patch}.fits"
+            for run in candidate_runs()
+        ],
+    }
+
+
+def validation_truth_files():
+    """True κ of the mock patches."""
+    return [f"{RESULTS}/truth/patch_{p}.fits" for p in validation_patch_ids()]
+
+
+def validation_params():
+    """The configuration the validation products depend on (the data patch list excluded)."""
+    sampling = {k: v for k, v in config["sampling"].items() if k != "patches"}
+    return {
+        "seed": config["seed"],
+        "sampling": sampling,
+        "layout": config["layout"],
+        "validation": config["validation"],
+    }
+
+
+def figure_patch_id():
+    """Data patch of the representative-patch figure."""
+    p = config["validation"]["figure_patch"]
+    if p is None:
+        patches = config["sampling"]["patches"]
+        p = patches[0] if isinstance(patches, list) else 0
+    return f"{int(p):04d}"
+
+
+def cluster_source():
+    """Cluster catalogue of the patch figure, or the truth of that patch on mocks."""
+    if config["validation"]["clusters"]:
+        return config["validation"]["clusters"]
+    return f"{RESULTS}/truth/patch_{figure_patch_id()}.fits"
