@@ -108,5 +108,14 @@ rule baseline_mosaic:
         "../../scripts/mosaic.py"
 
 
-# The baseline maps and mosaics join ALL_TARGETS once the data patches (rule `pixelise`)
-# exist in the workflow.
+ALL_TARGETS.extend(
+    [
+        *[
+            f"{RESULTS}/baselines/{method}/patch_{i:04d}.fits"
+            for method in ("ks", "wiener")
+            for i in data_patch_ids()
+        ],
+        f"{RESULTS}/mosaic/ks_kappa.fits",
+        f"{RESULTS}/mosaic/wiener_kappa.fits",
+    ]
+)
