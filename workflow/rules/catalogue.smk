@@ -4,32 +4,17 @@
 # `snakemake results/data/patch_0123.fits` runs it for all configured patches.
 from kappadiff.stages import catalogue as catalogue_stage
 
-IS_MOCK = config["catalogue"]["source"] == "mock"
-
-
-def data_patch_files():
-    """Pixelised shear maps of the configured data patches."""
-    return [f"{RESULTS}/data/patch_{i:04d}.fits" for i in data_patch_ids()]
-
-
-def truth_patch_files():
-    """True convergence cut-outs of the data patches (mocks only)."""
-    if not IS_MOCK:
-        return []
-    return [f"{RESULTS}/truth/patch_{i:04d}.fits" for i in data_patch_ids()]
-
-
-def mock_kappa_file():
-    """Convergence of the held-out sky the mock is made from (none for real data)."""
-    if not IS_MOCK:
-        return []
-    return [f"{RESULTS}/sims/{sim_name(config['sims']['mock_sim'])}/kappa.fits"]
+# Outputs of `pixelise` (data patches, and true convergence cut-outs for mocks) and the
+# convergence map a mock is made from (empty lists for real data).
+DATA_PATCH_FILES = catalogue_stage.data_patch_files(config, data_patch_ids())
+TRUTH_PATCH_FILES = catalogue_stage.truth_patch_files(config, data_patch_ids())
+MOCK_KAPPA_FILES = catalogue_stage.mock_kappa_files(config)
 
 
 rule mock_catalogue:
     """Mock DES-Y3 catalogue of the data patches from the held-out simulated sky."""
     input:
-        kappa=f"{RESULTS}/sims/{sim_name(config['sims']['mock_sim'])}/kappa.fits",
+        kappa=f"{RESULTS}/sims/sim{config['sims']['mock_sim']:03d}/kappa.fits",
         layout=f"{RESULTS}/layout/footprint.fits",
     output:
         **catalogue_stage.mock_catalogue_files(config),
@@ -55,10 +40,10 @@ rule pixelise:
     input:
         **catalogue_stage.catalogue_files(config),
         layout=f"{RESULTS}/layout/footprint.fits",
-        kappa=mock_kappa_file(),
+        kappa=MOCK_KAPPA_FILES,
     output:
-        data=data_patch_files(),
-        truth=truth_patch_files(),
+        data=DATA_PATCH_FILES,
+        truth=TRUTH_PATCH_FILES,
     log:
         f"{RESULTS}/logs/pixelise.log",
     benchmark:
@@ -96,4 +81,4 @@ rule catalogue_footprint:
         "../../scripts/catalogue_footprint.py"
 
 
-ALL_TARGETS.extend([*data_patch_files(), *truth_patch_files()])
+ALL_TARGETS.extend([*DATA_PATCH_FILES, *TRUTH_PATCH_FILES])

@@ -57,6 +57,9 @@ from ..survey import DESY3_N_BINS
 __all__ = [
     "catalogue_files",
     "catalogue_footprint",
+    "data_patch_files",
+    "mock_kappa_files",
+    "truth_patch_files",
     "make_mock_catalogue",
     "mock_catalogue_files",
     "mock_memory_mb",
@@ -76,6 +79,26 @@ def mock_catalogue_files(config: Mapping[str, Any]) -> dict[str, str]:
     if config["catalogue"]["mock_format"] == "desy3":
         files.update({k: os.path.join(base, f"mock_{k}.h5") for k in _DESY3_KEYS})
     return files
+
+
+def data_patch_files(config: Mapping[str, Any], patch_ids: Sequence[int]) -> list[str]:
+    """Pixelised shear maps of the data patches, ``results/data/patch_{id:04d}.fits``."""
+    return [os.path.join(config["results"], "data", f"patch_{i:04d}.fits") for i in patch_ids]
+
+
+def truth_patch_files(config: Mapping[str, Any], patch_ids: Sequence[int]) -> list[str]:
+    """True convergence cut-outs of the data patches (mocks only; empty for real data)."""
+    if config["catalogue"]["source"] != "mock":
+        return []
+    return [os.path.join(config["results"], "truth", f"patch_{i:04d}.fits") for i in patch_ids]
+
+
+def mock_kappa_files(config: Mapping[str, Any]) -> list[str]:
+    """The held-out sky's convergence a mock is made from (empty for real data)."""
+    if config["catalogue"]["source"] != "mock":
+        return []
+    sim = f"sim{config['sims']['mock_sim']:03d}"
+    return [os.path.join(config["results"], "sims", sim, "kappa.fits")]
 
 
 def catalogue_files(config: Mapping[str, Any]) -> dict[str, str]:
