@@ -32,7 +32,7 @@ from ..diffusion.sampler import ddim_sample, timestep_sequence
 from ..products import ProductError, atomic_output, file_hash, image_hdu, provenance, write_fits
 from ..seeding import derive_seed
 
-__all__ = ["posterior_seed", "sample_patch", "sampling_params"]
+__all__ = ["posterior_seed", "prepare_network", "sample_patch", "sampling_params"]
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,9 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _network(model: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
+def prepare_network(
+    model: torch.nn.Module, device: torch.device, precision: str
+) -> torch.nn.Module:
     """The network set up for ``precision`` (fp32, tf32 matmuls on CUDA, or bf16 autocast)."""
     if precision not in PRECISIONS:
         raise ValueError(f"sampling.precision = {precision!r}, expected one of {list(PRECISIONS)}")
@@ -235,7 +237,7 @@ def sample_patch(
         zeta=s["zeta"],
         pad=s["shear_pad"],
     )
-    network = _network(prior.model, device, s["precision"])
+    network = prepare_network(prior.model, device, s["precision"])
 
     seed = posterior_seed(config["seed"], patch_id)
     model_hash = prior.hash
