@@ -4,6 +4,4 @@ setup_logging(snakemake.log[0])
 
 from kappadiff.stages.layout import extract_patches  # noqa: E402
 
-extract_patches(
-    snakemake.input.kappa, snakemake.input.layout, snakemake.output[0], snakemake.config
-)
+extract_patches(snakemake.input.kappa, snakemake.input.table, snakemake.output[0])

@@ -18,7 +18,7 @@ from kappadiff.products import (
     write_fits,
     write_healpix,
 )
-from kappadiff.stages.layout import extract_patches, write_fullsky_layout
+from kappadiff.stages.layout import extract_patches, write_fullsky_layout, write_index_table
 from kappadiff.stages.mosaic import write_mosaic
 
 PATCH_DEG = 4.2667
@@ -235,25 +235,47 @@ def test_footprint_layout_wraps_ra_zero():
     np.testing.assert_allclose(np.sort(ra[east]), np.sort(360.0 - ra[west]), atol=1e-9)
 
 
-def test_extract_patches_stage(tmp_path, repo_root, rng):
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_extract_patches_stage(tmp_path, repo_root, rng, interpolation):
     config = _config(repo_root)
-    lay = config["layout"]
     nside = 32
+    config["sims"]["nside"] = nside
+    config["layout"]["interpolation"] = interpolation
+    lay = config["layout"]
     maps = rng.normal(size=(4, hp.nside2npix(nside))).astype(np.float32)
     write_healpix(tmp_path / "kappa.fits", maps)
     write_fullsky_layout(config, tmp_path / "fullsky.fits")
     table, header = read_table(tmp_path / "fullsky.fits")
     assert len(table["id"]) == 2146 and header["NPIX"] == lay["npix"]
-    extract_patches(tmp_path / "kappa.fits", tmp_path / "fullsky.fits", tmp_path / "c.npy", config)
+    write_index_table(tmp_path / "fullsky.fits", tmp_path / "index.npz", config)
+    extract_patches(tmp_path / "kappa.fits", tmp_path / "index.npz", tmp_path / "c.npy")
     cut = np.load(tmp_path / "c.npy", mmap_mode="r")
     assert cut.shape == (2146, 4, lay["npix"], lay["npix"]) and cut.dtype == np.float32
-    expected = sphere.extract(
-        maps, sphere.pixel_table(nside, table["ra"][:5], table["dec"][:5], lay["npix"], 16.0)
-    )
+    ra, dec, n, s = table["ra"][:5], table["dec"][:5], lay["npix"], lay["pixel_scale_arcmin"]
+    if interpolation == "nearest":
+        expected = sphere.extract(maps, sphere.pixel_table(nside, ra, dec, n, s))
+    else:
+        expected = sphere.extract(maps, *sphere.bilinear_table(nside, ra, dec, n, s))
     np.testing.assert_array_equal(cut[:5], expected)
-    bad = dict(config, layout=dict(lay, npix=8, pixel_scale_arcmin=32.0))
+
+
+def test_extract_patches_stage_checks_inputs(tmp_path, repo_root):
+    config = _config(repo_root)
+    config["sims"]["nside"] = 16
+    write_fullsky_layout(config, tmp_path / "fullsky.fits")
+    write_index_table(tmp_path / "fullsky.fits", tmp_path / "index.npz", config)
+    write_healpix(tmp_path / "k32.fits", np.zeros((4, hp.nside2npix(32))))
+    with pytest.raises(ProductError, match="k32.fits.*nside 16"):
+        extract_patches(tmp_path / "k32.fits", tmp_path / "index.npz", tmp_path / "c.npy")
+    nan = np.zeros((4, hp.nside2npix(16)))
+    nan[2, :3] = np.nan
+    write_healpix(tmp_path / "nan.fits", nan)
+    with pytest.raises(ValueError, match="nan.fits: 3 non-finite"):
+        extract_patches(tmp_path / "nan.fits", tmp_path / "index.npz", tmp_path / "c.npy")
+    # a layout made for another patch geometry is refused
+    bad = dict(config, layout=dict(config["layout"], npix=8, pixel_scale_arcmin=32.0))
     with pytest.raises(ProductError, match="NPIX"):
-        extract_patches(tmp_path / "kappa.fits", tmp_path / "fullsky.fits", tmp_path / "d.npy", bad)
+        write_index_table(tmp_path / "fullsky.fits", tmp_path / "i2.npz", bad)
 
 
 def _patch_file(path, ra0, dec0, n, s, mean, std):

@@ -48,11 +48,34 @@ rule layout_footprint:
         "../../scripts/layout_footprint.py"
 
 
+rule index_table:
+    """HEALPix indices of every training patch pixel, built once for all skies and bins."""
+    input:
+        rules.layout_fullsky.output[0],
+    output:
+        f"{RESULTS}/layout/fullsky_index.npz",
+    log:
+        f"{RESULTS}/logs/index_table.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/index_table.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        runtime=20,
+        mem_mb=layout_stage.extract_memory_mb(config),
+    params:
+        layout=config["layout"],
+        nside=config["sims"]["nside"],
+    script:
+        "../../scripts/index_table.py"
+
+
 rule extract_patches:
     """All training cut-outs of one simulated sky, [patch, bin, row, col] float32."""
     input:
         kappa=f"{RESULTS}/sims/sim{{sim}}/kappa.fits",
-        layout=rules.layout_fullsky.output[0],
+        table=rules.index_table.output[0],
     output:
         f"{RESULTS}/training/sim{{sim}}_cutouts.npy",
     log:
@@ -65,8 +88,6 @@ rule extract_patches:
     resources:
         runtime=30,
         mem_mb=layout_stage.extract_memory_mb(config),
-    params:
-        layout=config["layout"],
     script:
         "../../scripts/extract_patches.py"
 

@@ -18,7 +18,15 @@ import healpy as hp
 import numpy as np
 
 from .. import footprint, sphere
-from ..products import ProductError, provenance, read_healpix, read_table, save_npy, write_table
+from ..products import (
+    ProductError,
+    atomic_output,
+    provenance,
+    read_healpix,
+    read_table,
+    save_npy,
+    write_table,
+)
 
 __all__ = [
     "data_patch_ids",
@@ -29,6 +37,7 @@ __all__ = [
     "footprint_patch_ids",
     "write_footprint_layout",
     "write_fullsky_layout",
+    "write_index_table",
 ]
 
 log = logging.getLogger(__name__)
@@ -162,42 +171,71 @@ def _read_layout(path: str | os.PathLike, layout: Mapping[str, Any]) -> tuple[np
     return table["ra"].astype(np.float64), table["dec"].astype(np.float64)
 
 
+def write_index_table(
+    layout_path: str | os.PathLike, out_path: str | os.PathLike, config: Mapping[str, Any]
+) -> None:
+    """Build the HEALPix index table of a layout once, for every sky's extraction.
+
+    Writes ``out_path`` (.npz): ``table`` (int64 ``[patch, row, col]``, or
+    ``[patch, row, col, 4]`` for bilinear), ``weights`` (bilinear only, float32, same shape)
+    and ``nside`` (``sims.nside``, the resolution of the maps it indexes).
+    """
+    lay = config["layout"]
+    nside = int(config["sims"]["nside"])
+    ra, dec = _read_layout(layout_path, lay)
+    arrays: dict[str, np.ndarray] = {"nside": np.array(nside)}
+    if lay["interpolation"] == "bilinear":
+        arrays["table"], arrays["weights"] = sphere.bilinear_table(
+            nside, ra, dec, lay["npix"], lay["pixel_scale_arcmin"]
+        )
+    else:
+        arrays["table"] = sphere.pixel_table(nside, ra, dec, lay["npix"], lay["pixel_scale_arcmin"])
+    with atomic_output(out_path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    log.info(
+        "index table: %d patches of %d px x %g arcmin at nside %d (%s), %.2f GB",
+        len(ra),
+        lay["npix"],
+        lay["pixel_scale_arcmin"],
+        nside,
+        lay["interpolation"],
+        sum(a.nbytes for a in arrays.values()) / 1e9,
+    )
+
+
 def extract_patches(
     kappa_path: str | os.PathLike,
-    layout_path: str | os.PathLike,
+    table_path: str | os.PathLike,
     out_path: str | os.PathLike,
-    config: Mapping[str, Any],
 ) -> None:
     """Cut every layout patch out of a sky's tomographic convergence maps.
 
-    Writes ``out_path`` (.npy, float32 ``[patch, bin, row, col]``, memory-mappable) with
-    ``layout.interpolation`` (nearest HEALPix pixel or bilinear) through one index table
-    built for the map's nside and reused for every bin.
+    Gathers through the index table of :func:`write_index_table` (one table for every
+    sky and bin) and writes ``out_path`` (.npy, float32 ``[patch, bin, row, col]``,
+    memory-mappable).
     """
-    lay = config["layout"]
-    ra, dec = _read_layout(layout_path, lay)
-    maps, header = read_healpix(kappa_path)
-    nside = hp.npix2nside(maps.shape[1])
+    with np.load(table_path) as npz:
+        nside = int(npz["nside"])
+        table = npz["table"]
+        weights = npz["weights"] if "weights" in npz.files else None
+    maps, _ = read_healpix(kappa_path)
+    if maps.shape[1] != hp.nside2npix(nside):
+        raise ProductError(
+            f"{kappa_path}: maps of {maps.shape[1]} pixels, but the index table "
+            f"{table_path} is for nside {nside}"
+        )
     bad = ~np.isfinite(maps)
     if bad.any():
         raise ValueError(f"{kappa_path}: {int(bad.sum())} non-finite pixels in the maps")
     log.info(
-        "%s: %d maps at nside %d -> %d patches of %d px x %g arcmin (%s)",
+        "%s: %d maps at nside %d -> %d patches of %d x %d px",
         kappa_path,
         maps.shape[0],
         nside,
-        len(ra),
-        lay["npix"],
-        lay["pixel_scale_arcmin"],
-        lay["interpolation"],
+        table.shape[0],
+        table.shape[1],
+        table.shape[2],
     )
-    if lay["interpolation"] == "bilinear":
-        table, weights = sphere.bilinear_table(
-            nside, ra, dec, lay["npix"], lay["pixel_scale_arcmin"]
-        )
-    else:
-        table = sphere.pixel_table(nside, ra, dec, lay["npix"], lay["pixel_scale_arcmin"])
-        weights = None
     cutouts = sphere.extract(maps, table, weights)
     del maps, table, weights
     save_npy(out_path, cutouts)
