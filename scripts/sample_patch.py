@@ -11,4 +11,5 @@ sample_patch(
     snakemake.params.config,
     int(snakemake.wildcards.patch),
     threads=snakemake.threads,
+    scaling_path=snakemake.input.scaling[0] if snakemake.input.scaling else None,
 )

@@ -13,7 +13,7 @@ from kappadiff.diffusion.data import Normalisation
 from kappadiff.diffusion.process import make_schedule
 from kappadiff.diffusion.unet import UNet, UNetConfig
 from kappadiff.lensing import kappa_to_shear
-from kappadiff.products import ProductError, image_hdu, tan_header, write_fits
+from kappadiff.products import ProductError, image_hdu, tan_header, write_fits, write_table
 from kappadiff.stages import posterior
 from kappadiff.stages.posterior import sample_patch
 
@@ -211,3 +211,31 @@ def test_sampling_params_leave_the_patch_list_out():
     cfg = {"seed": 5, "sampling": {**SAMPLING, "patches": [1, 2]}, "layout": {"npix": 16}}
     params = posterior.sampling_params(cfg)
     assert params == {"seed": 5, "sampling": SAMPLING}
+
+
+def test_tuned_scaling_file_replaces_t_bar_and_sigma_t(tmp_path, data_path, model_path):
+    scaling = tmp_path / "scaling.fits"
+    write_table(
+        scaling,
+        {
+            "bin": np.arange(1, 5),
+            "t_bar": np.array([520.0, 510, 490, 480]),
+            "sigma_t": np.array([15.0, 20, 25, 30]),
+        },
+    )
+    out = sample_patch(
+        data_path, model_path, tmp_path / "t.fits", config(scaled=False), 3, scaling_path=scaling
+    )
+    ref = sample_patch(
+        data_path,
+        model_path,
+        tmp_path / "r.fits",
+        config(t_bar=[520.0, 510, 490, 480], sigma_t=[15.0, 20, 25, 30]),
+        3,
+    )
+    with fits.open(out) as ho, fits.open(ref) as hr:
+        h = ho[0].header
+        assert h["SCALED"] is True
+        assert [h[f"TBAR{b}"] for b in range(1, 5)] == [520, 510, 490, 480]
+        assert [h[f"SIGT{b}"] for b in range(1, 5)] == [15, 20, 25, 30]
+        assert ho["SAMPLES"].data.tobytes() == hr["SAMPLES"].data.tobytes()

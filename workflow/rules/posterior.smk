@@ -7,6 +7,12 @@ rule sample_patch:
     input:
         data=f"{RESULTS}/data/patch_{{patch}}.fits",
         model=f"{RESULTS}/prior/model.pt",
+        # A(t) tuned on mocks by the validation stage, when sampling.tuned_scaling asks
+        scaling=(
+            [f"{RESULTS}/validation/scaling.fits"]
+            if config["sampling"]["tuned_scaling"]
+            else []
+        ),
     output:
         f"{RESULTS}/posterior/patch_{{patch}}.fits",
     log:
@@ -25,3 +31,8 @@ rule sample_patch:
         config=posterior_stage.sampling_params(config),
     script:
         "../../scripts/sample_patch.py"
+
+
+ALL_TARGETS.extend(
+    [f"{RESULTS}/posterior/patch_{i:04d}.fits" for i in data_patch_ids()]
+)

@@ -176,6 +176,7 @@ def sample_patch(
     config: Mapping[str, Any],
     patch_id: int,
     threads: int = 1,
+    scaling_path: str | os.PathLike | None = None,
 ) -> Path:
     """Draw DPS posterior samples of one data patch and write the posterior product.
 
@@ -193,6 +194,9 @@ def sample_patch(
         Patch id, which with ``config['seed']`` and the sample index seeds the noise.
     threads
         CPU threads for torch.
+    scaling_path
+        ``results/validation/scaling.fits``: its per-bin ``t_bar`` / ``sigma_t`` (the
+        validation stage's TARP search) replace ``sampling.t_bar`` / ``sampling.sigma_t``.
 
     Returns
     -------
@@ -201,7 +205,18 @@ def sample_patch(
     """
     t_start = time.perf_counter()
     torch.set_num_threads(max(1, int(threads)))
-    s = config["sampling"]
+    s = dict(config["sampling"])
+    if scaling_path is not None:
+        from .validation import read_scaling  # the validation stage owns the scaling file
+
+        tuned = read_scaling(scaling_path)
+        s.update(scaled=True, t_bar=tuned["t_bar"], sigma_t=tuned["sigma_t"])
+        log.info(
+            "likelihood scaling from %s: t_bar %s, sigma_t %s",
+            scaling_path,
+            s["t_bar"],
+            s["sigma_t"],
+        )
     output_path = Path(output_path)
     device = _device(s["device"])
 
