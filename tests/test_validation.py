@@ -399,15 +399,16 @@ def test_mosaic_figure(tmp_path, rng):
     import healpy as hp
 
     nside = 32
-    maps = np.full((N_BINS, hp.nside2npix(nside)), hp.UNSEEN)
+    maps = np.zeros((N_BINS, hp.nside2npix(nside)))
+    coverage = np.zeros((1, hp.nside2npix(nside)))
     disc = hp.query_disc(nside, hp.ang2vec(40.0, -30.0, lonlat=True), np.radians(10))
     maps[:, disc] = rng.normal(size=(N_BINS, disc.size))
+    coverage[0, disc] = 1.0
     products.write_healpix(tmp_path / "mean.fits", maps)
-    products.write_healpix(tmp_path / "std.fits", np.where(maps == hp.UNSEEN, maps, np.abs(maps)))
-    out = val.mosaic_figure(
-        tmp_path / "mean.fits", tmp_path / "std.fits", tmp_path / "m.png", _config()
-    )
+    products.write_healpix(tmp_path / "std.fits", np.abs(maps))
+    products.write_healpix(tmp_path / "cov.fits", coverage)
+    files = [tmp_path / n for n in ("mean.fits", "std.fits", "cov.fits")]
+    out = val.mosaic_figure(*files, tmp_path / "m.png", _config())
     assert out.stat().st_size > 10_000
     with pytest.raises(ValueError, match="mosaic_bin = 5"):
-        val.mosaic_figure(tmp_path / "mean.fits", tmp_path / "std.fits", tmp_path / "x.png",
-                          _config(mosaic_bin=5))  # fmt: skip
+        val.mosaic_figure(*files, tmp_path / "x.png", _config(mosaic_bin=5))

@@ -310,12 +310,14 @@ def mosaic_maps(mean: np.ndarray, std: np.ndarray, bin_label: str) -> Figure:
     import healpy as hp
     import skyproj
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5), layout="constrained")
     for ax, m, name, cmap in (
         (axes[0], mean, "posterior mean", "RdBu_r"),
         (axes[1], std, "posterior std", "viridis"),
     ):
-        m = np.where(np.isfinite(m) & (m != hp.UNSEEN), m, hp.UNSEEN).astype(np.float64)
+        # UNSEEN survives a float32 round trip only approximately: compare with a margin
+        m = np.asarray(m, dtype=np.float64)
+        m = np.where(np.isfinite(m) & (m > 0.5 * hp.UNSEEN), m, hp.UNSEEN)
         seen = m[m != hp.UNSEEN]
         if cmap == "RdBu_r":
             lim = float(np.percentile(np.abs(seen), 99.5)) if seen.size else 1.0

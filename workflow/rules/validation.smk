@@ -184,6 +184,7 @@ rule validate_mosaic_figure:
     input:
         mean=f"{RESULTS}/mosaic/kappa_mean.fits",
         std=f"{RESULTS}/mosaic/kappa_std.fits",
+        coverage=f"{RESULTS}/mosaic/coverage.fits",
     output:
         report(
             f"{VALIDATION}/fig4_mosaic.png",

@@ -909,14 +909,28 @@ def patch_figure(
 def mosaic_figure(
     mean_path: str | os.PathLike,
     std_path: str | os.PathLike,
+    coverage_path: str | os.PathLike,
     figure_output: str | os.PathLike,
     config: Mapping[str, Any],
 ) -> Path:
-    """Figure 4: HEALPix mosaic of the posterior mean and std, bin ``validation.mosaic_bin``."""
+    """Figure 4: HEALPix mosaic of the posterior mean and std, bin ``validation.mosaic_bin``.
+
+    Pixels with zero coverage (``results/mosaic/coverage.fits``) are left blank.
+    """
+    import healpy as hp
+
     b = int(config["validation"]["mosaic_bin"])
     mean, _ = read_healpix(mean_path)
     std, _ = read_healpix(std_path)
+    coverage, _ = read_healpix(coverage_path)
     if not 1 <= b <= len(mean):
         raise ValueError(f"validation.mosaic_bin = {b}, but {mean_path} holds {len(mean)} bins")
-    _save_figure(plots.mosaic_maps(mean[b - 1], std[b - 1], f"bin {b}"), figure_output)
+    if coverage.shape[-1] != mean.shape[-1]:
+        raise ProductError(
+            f"{coverage_path}: {coverage.shape[-1]} pixels, {mean_path} has {mean.shape[-1]}"
+        )
+    covered = coverage[0] > 0
+    log.info("mosaic: %d covered pixels of %d", int(covered.sum()), covered.size)
+    maps = [np.where(covered, m[b - 1].astype(np.float64), hp.UNSEEN) for m in (mean, std)]
+    _save_figure(plots.mosaic_maps(*maps, f"bin {b}"), figure_output)
     return Path(figure_output)
