@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -17,6 +19,16 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path):
         raise RuntimeError("killed")
     assert not target.exists()
     assert list(target.parent.iterdir()) == []
+
+
+def test_atomic_output_permissions_follow_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with products.atomic_output(tmp_path / "x.txt") as tmp:
+            tmp.write_text("done")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o644
 
 
 def test_healpix_round_trip(tmp_path, rng):
