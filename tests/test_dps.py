@@ -296,8 +296,8 @@ def test_unscaled_dps_overfits_and_the_step_does_not_depend_on_nfe(gaussian_prob
     assert slope_plain > slope_scaled + 0.3
     assert c2_plain < c2_scaled - 0.2
     # β_eff = 1 − ᾱ_t/ᾱ_t' keeps the integrated step fixed when steps are skipped:
-    # 50 and 500 network evaluations agree to 10 % (the toy gives ≈ 4 %)
-    _, slope_fine, c2_fine = _dps_summary(gaussian_problem, 500, t_bar=500.0, sigma_t=20.0)
+    # 50 and 250 network evaluations agree to 10 % (the toy gives ≈ 5 %)
+    _, slope_fine, c2_fine = _dps_summary(gaussian_problem, 250, t_bar=500.0, sigma_t=20.0)
     np.testing.assert_allclose(slope_fine, slope_scaled, rtol=0.1)
     np.testing.assert_allclose(c2_fine, c2_scaled, rtol=0.1)
 
