@@ -84,6 +84,10 @@ def test_plain_estimator_bias_with_few_samples(rng):
     # 1/(S+1) = 0.2 structural step against binomial noise sd < 0.008 at 4000 sims
     assert plain > 0.15
     assert rand < 0.04
+    # the same through tarp_coverage, whose plain figure comes from the tarp package on its
+    # own α grid (edges every 0.05: ECP(0.05) = P(k = 0) = 0.2, off by 0.15)
+    res = tarp_coverage(samples, theta, refs, rng, n_bootstrap=20)
+    assert res.max_error < 0.04 < 0.12 < res.max_error_plain
 
 
 @pytest.mark.parametrize(("width", "shift"), [(0.5, 0.0), (1.0, 1.5)])

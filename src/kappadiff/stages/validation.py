@@ -359,7 +359,17 @@ def _summary_columns(
 ) -> dict[str, np.ndarray]:
     """One row per (run, refs, bin): the A(t) parameters and max |ECP − α|."""
     rows: dict[str, list] = {
-        k: [] for k in ("run", "scaled", "t_bar", "sigma_t", "refs", "bin", "max_error")
+        k: []
+        for k in (
+            "run",
+            "scaled",
+            "t_bar",
+            "sigma_t",
+            "refs",
+            "bin",
+            "max_error",
+            "max_error_plain",
+        )
     }
     for run, per in results.items():
         sc = scalings[run]
@@ -378,6 +388,7 @@ def _summary_columns(
             rows["refs"].append(kind)
             rows["bin"].append(b)
             rows["max_error"].append(r.max_error)
+            rows["max_error_plain"].append(r.max_error_plain)
     return {k: np.asarray(v) for k, v in rows.items()}
 
 
@@ -435,8 +446,9 @@ def search_scaling(
         max_error, run (one row per tomographic bin); header SCALED = T, PERBIN, TARPREFS.
     coverage_output
         ``results/validation/tarp_search.fits``: HDU CURVES (run, refs, bin, alpha, ecp,
-        ecp_lo, ecp_hi) and SUMMARY (run, scaled, t_bar, sigma_t, refs, bin, max_error);
-        bin 0 is the joint TARP of all bins.
+        ecp_lo, ecp_hi) and SUMMARY (run, scaled, t_bar, sigma_t, refs, bin, max_error, and
+        max_error_plain of the ``tarp`` package's plain estimator); bin 0 is the joint TARP
+        of all bins.
 
     Notes
     -----
