@@ -1,0 +1,40 @@
+# Helpers of the 'sims' stage rules (sims.smk): config check, inputs and resources of a sky.
+import os
+
+if config["sims"]["source"] != "lognormal":
+    if len(config["sims"]["shell_files"]) < config["sims"]["n_sims"]:
+        raise ValueError(
+            f"sims.shell_files lists {len(config['sims']['shell_files'])} simulations, "
+            f"but sims.n_sims = {config['sims']['n_sims']} with sims.source = "
+            f"{config['sims']['source']}"
+        )
+
+
+def tomography_inputs(wildcards):
+    """Files a sky is made from: its N-body shells and a user n(z) file, if any."""
+    inputs = []
+    sims = config["sims"]
+    if sims["source"] == "gowerstreet":
+        inputs.append(
+            os.path.join(sims["shell_files"][int(wildcards.sim)], "control.par")
+        )
+    elif sims["source"] == "cosmogrid":
+        inputs.append(sims["shell_files"][int(wildcards.sim)])
+    if sims["nz"] != "builtin":
+        inputs.append(sims["nz"])
+    return inputs
+
+
+def sim_index(wildcards):
+    """Sky number of the {sim} wildcard."""
+    return int(wildcards.sim)
+
+
+def tomography_mem_mb(wildcards):
+    """Peak memory of one sky: ~120 bytes a pixel (4 float64 maps, shell, GLASS buffers)."""
+    return 1500 + 120 * 12 * config["sims"]["nside"] ** 2 // 10**6
+
+
+def tomography_runtime(wildcards):
+    """Minutes for one sky: ~5 min at nside 1024 on 2 cores, growing with the pixels."""
+    return max(10, 5 * (config["sims"]["nside"] // 1024) ** 2)
