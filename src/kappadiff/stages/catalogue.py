@@ -242,7 +242,7 @@ def make_mock_catalogue(
         TRUTH=os.fspath(kappa_path),
         TRUTHCFG=str(kheader.get("CFGHASH", "")),
         REDSHEAR=bool(cat["reduced_shear"]),
-        PATCHES=",".join(str(i) for i in ids),
+        NPATCH=len(ids),
         **{f"NEFF{b + 1}": float(n_eff[b]) for b in range(DESY3_N_BINS)},
         **{f"SIGE{b + 1}": float(sigma_e[b]) for b in range(DESY3_N_BINS)},
     )
