@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +31,10 @@ pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = "config/test.yaml"
-# One Snakemake run, end to end included; the module must stay under 8 min in CI.
-RUN_TIMEOUT_S = 300
+# Limits after which a hung run fails (hang guards, well above the normal times): the
+# whole workflow, and one rebuilt file.
+FULL_RUN_TIMEOUT_S = 600
+REBUILD_TIMEOUT_S = 240
 # The plugin waits this long before its first status query (40 s by default).
 FIRST_STATUS_CHECK_S = 2
 SLURM_COMMANDS = ("sbatch", "squeue", "scancel", "sacct", "scontrol", "sinfo")
@@ -71,14 +74,14 @@ class Run:
         return "\n".join(self.output.splitlines()[-n:])
 
 
-def snakemake(results: Path, *args: str) -> Run:
+def snakemake(results: Path, *args: str, timeout_s: int = REBUILD_TIMEOUT_S) -> Run:
     """Run Snakemake from the repository root with `--profile slurm` and the test config.
 
     `timeout` interrupts a hung run with SIGINT, on which Snakemake cancels its Slurm jobs,
     and kills it 30 s later; the run then fails with exit status 124 or 137.
     """
     cmd = [
-        "timeout", "-s", "INT", "-k", "30", str(RUN_TIMEOUT_S),
+        "timeout", "-s", "INT", "-k", "30", str(timeout_s),
         sys.executable, "-m", "snakemake", *args,
         "--profile", "slurm",
         "--slurm-init-seconds-before-status-checks", str(FIRST_STATUS_CHECK_S),
@@ -109,11 +112,32 @@ def planned_outputs(results: Path, *targets: str) -> dict[Path, str]:
     return plan
 
 
+def planned_jobs(results: Path) -> Counter[str]:
+    """Rule -> number of jobs that the default target plans (Snakemake's dry-run job stats)."""
+    cmd = [
+        sys.executable, "-m", "snakemake", "-n", "--cores", "1",
+        "--configfile", TEST_CONFIG, "--config", f"results={results}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, f"snakemake -n failed:\n{proc.stdout}{proc.stderr}"
+    lines = proc.stdout.splitlines()
+    start = lines.index("Job stats:") + 3  # past the header and its underline
+    jobs = Counter()
+    for line in lines[start:]:
+        rule, count = line.split()
+        if rule == "total":
+            break
+        jobs[rule] = int(count)
+    # the target rule has no action: Snakemake finishes it itself, nothing is submitted
+    del jobs["all"]
+    return jobs
+
+
 def slurm_jobs(run_id: str) -> list[tuple[str, str, str]]:
     """(job id, comment, state) of every Slurm job of one Snakemake run, from accounting.
 
     The plugin names every job of a run after its run id and comments it with the rule
-    (`rule_<rule>` or `rule_<rule>_wildcards_<values>`).
+    (`rule_<rule>` or `rule_<rule>_wildcards_<values>`); array tasks are `<array>_<task>`.
     """
     out = _slurm(
         "sacct", "-X", "-n", "-P", "-S", "now-1days", "--name", run_id,
@@ -176,69 +200,99 @@ def cluster() -> None:
         pytest.skip(f"{problem}; start a local cluster with `make slurm-up`")
 
 
+@dataclass
+class Workflow:
+    """The default target of the test config, planned and then run through the profile."""
+
+    results: Path
+    files: dict[Path, str]  # every output file of the DAG -> its rule
+    jobs: Counter[str]  # rule -> planned jobs
+    run: Run
+
+
 @pytest.fixture(scope="module")
-def workflow_run(cluster, tmp_path_factory) -> tuple[Path, dict[Path, str], Run]:
-    """The default target of the test config, run once through the Slurm profile."""
+def workflow(cluster, tmp_path_factory) -> Workflow:
     results = tmp_path_factory.mktemp("slurm") / "results"
-    plan = planned_outputs(results)
-    run = snakemake(results)
-    return results, plan, run
+    files = planned_outputs(results)
+    jobs = planned_jobs(results)
+    return Workflow(results, files, jobs, snakemake(results, timeout_s=FULL_RUN_TIMEOUT_S))
+
+
+@pytest.fixture
+def completed(workflow) -> Workflow:
+    """The workflow, for the tests that need its products; fails if the full run failed."""
+    assert workflow.run.returncode == 0, "the full run failed: see test_whole_workflow"
+    return workflow
 
 
 @pytest.fixture(scope="module")
-def rebuild_target(workflow_run) -> Path:
+def rebuild_target(workflow) -> Path:
     """A posterior patch when the DAG samples patches, else the last product planned."""
-    _, plan, _ = workflow_run
-    posterior = sorted(p for p, rule in plan.items() if rule == "sample_patch")
-    return posterior[0] if posterior else list(plan)[-1]
+    posterior = sorted(p for p, rule in workflow.files.items() if rule == "sample_patch")
+    return posterior[0] if posterior else list(workflow.files)[-1]
 
 
-def test_whole_workflow_runs_through_slurm(workflow_run):
-    results, plan, run = workflow_run
+def test_whole_workflow(workflow):
+    run = workflow.run
     assert run.returncode == 0, f"snakemake --profile slurm failed:\n{run.tail()}"
-    assert plan, "the test config plans no jobs"
-    for path in plan:
+    assert workflow.files, "the test config plans no jobs"
+    for path in workflow.files:
         assert_product(path)
     # Every planned job ran as a Slurm job of this run, and each finished on its first try.
     jobs = slurm_jobs(run.run_id)
-    assert sorted(rule_of(c) for _, c, _ in jobs) == sorted(plan.values()), jobs
+    assert Counter(rule_of(c) for _, c, _ in jobs) == workflow.jobs, jobs
     assert {state for _, _, state in jobs} == {"COMPLETED"}, jobs
 
 
-def test_gpu_rules_request_gpus(workflow_run):
-    """Rules with a `gpu` resource reach Slurm with a GPU allocation (--gpus)."""
-    _, plan, run = workflow_run
-    if "sample_patch" not in plan.values():
-        pytest.skip("no GPU rule in the DAG yet (sample_patch not defined)")
-    for job_id, comment, _ in slurm_jobs(run.run_id):
-        if rule_of(comment) in ("sample_patch", "train_prior"):
+def test_gpu_rules_get_gpus(completed):
+    """Rules with a `gpu` resource reach Slurm with a GPU allocation (sbatch --gpus)."""
+    gpu_rules = {"train_prior", "sample_patch", "validate_sample", "tarp_references"}
+    checked = 0
+    for job_id, comment, _ in slurm_jobs(completed.run.run_id):
+        if rule_of(comment) in gpu_rules:
             tres = _slurm("sacct", "-X", "-n", "-P", "-j", job_id, "-o", "AllocTRES").stdout
             assert "gres/gpu=" in tres, f"job {job_id} ({comment}) got no GPU: {tres}"
+            checked += 1
+    if not checked:
+        pytest.skip("no GPU rule in the DAG yet")
 
 
-def test_one_deleted_product_is_rebuilt_alone(workflow_run, rebuild_target):
-    results, plan, first = workflow_run
-    assert first.returncode == 0, "the full run failed; see test_whole_workflow_runs_through_slurm"
-    others = {p: p.stat().st_mtime_ns for p in plan if p != rebuild_target}
+def test_sampling_runs_as_job_arrays(completed):
+    """Rules in the profile's slurm-array-jobs with 2+ jobs went, at least in part, as arrays.
+
+    Jobs of the rule that become ready together share one array; one that becomes ready
+    alone later (e.g. validation with the tuned scaling) is a plain job.
+    """
+    array_rules = [r for r in ("sample_patch", "validate_sample") if completed.jobs[r] >= 2]
+    if not array_rules:
+        pytest.skip("no array-job rule with two or more jobs in the test DAG")
+    for rule in array_rules:
+        ids = [j for j, c, _ in slurm_jobs(completed.run.run_id) if rule_of(c) == rule]
+        assert len(ids) == completed.jobs[rule], ids
+        # array tasks are <array id>_<task>
+        arrays = Counter(j.split("_")[0] for j in ids if "_" in j)
+        assert arrays and max(arrays.values()) >= 2, f"{rule} not submitted as an array: {ids}"
+
+
+def test_one_deleted_product_is_rebuilt_alone(completed, rebuild_target):
+    others = {p: p.stat().st_mtime_ns for p in completed.files if p != rebuild_target}
     rebuild_target.unlink()
-    run = snakemake(results, str(rebuild_target))
+    run = snakemake(completed.results, str(rebuild_target))
     assert run.returncode == 0, f"rebuilding {rebuild_target} failed:\n{run.tail()}"
     assert_product(rebuild_target)
     jobs = slurm_jobs(run.run_id)
-    assert [rule_of(c) for _, c, _ in jobs] == [plan[rebuild_target]], jobs
+    assert [rule_of(c) for _, c, _ in jobs] == [completed.files[rebuild_target]], jobs
     changed = [p for p, mtime in others.items() if p.stat().st_mtime_ns != mtime]
     assert not changed, f"rebuilding one file touched others: {changed}"
 
 
-def test_cancelled_job_is_retried(workflow_run, rebuild_target):
-    results, plan, first = workflow_run
-    assert first.returncode == 0, "the full run failed; see test_whole_workflow_runs_through_slurm"
-    rule = plan[rebuild_target]
+def test_cancelled_job_is_retried(completed, rebuild_target):
+    rule = completed.files[rebuild_target]
     rebuild_target.unlink()
     canceller = CancelFirstJob(rule)
     canceller.start()
     try:
-        run = snakemake(results, str(rebuild_target))
+        run = snakemake(completed.results, str(rebuild_target))
     finally:
         canceller.stop.set()
         canceller.join()
