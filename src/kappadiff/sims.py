@@ -52,9 +52,11 @@ log = logging.getLogger(__name__)
 #: Speed of light, km/s.
 C_KMS = 299792.458
 #: Gauss-Legendre nodes per shell for the Limber integral of P(k) over a shell's thickness
-#: (a smooth integrand: 16 nodes agree with 64 to 1e-4, and to 1e-2 for the shell at
-#: χ = 0, whose lensing weight is negligible; tests/test_sims.py).
+#: (a smooth integrand: 16 nodes agree with 64 to 1e-4, and to 2e-2 for the shell at
+#: χ = 0, which makes < 1% of the convergence power; tests/test_sims.py).
 SHELL_NODES = 16
+#: The nearest 2 x shell_dchi of the lognormal shells are cut this many times finer.
+NEAR_SPLIT = 3
 #: Points of the χ grid on which the lensing efficiency is integrated over the shells.
 BORN_GRID = 4096
 
@@ -205,7 +207,7 @@ def lensing_cosmology(cosmo: Cosmology, zmax: float = 3.5, kmax: float = 50.0) -
 
 
 def shell_edges(model: LensingCosmology, zmax: float, dchi: float) -> np.ndarray:
-    """Redshift edges of shells of equal comoving thickness from z = 0 to ``zmax``.
+    """Redshift edges of the matter shells from z = 0 to ``zmax``.
 
     Parameters
     ----------
@@ -214,18 +216,32 @@ def shell_edges(model: LensingCosmology, zmax: float, dchi: float) -> np.ndarray
     zmax
         Far edge of the last shell.
     dchi
-        Largest shell thickness, Mpc; the number of shells is ceil(χ(zmax) / dchi).
+        Shell thickness, Mpc. The nearest 2 ``dchi`` are cut into :data:`NEAR_SPLIT` times
+        thinner shells; beyond, the shells are equal in comoving distance, about ``dchi``
+        thick.
 
     Returns
     -------
     ndarray, shape (n_shell + 1,)
         Increasing redshifts, 0 first and ``zmax`` last.
+
+    Notes
+    -----
+    A shell stands for the mean δ along its thickness, so the Born sum misses the
+    variation of the lensing kernel q(χ) and of P(ℓ/χ)/χ² across it. Both vary fastest
+    near the observer: with 150 Mpc shells throughout, the lowest bin's C_ℓ is 3% high at
+    ℓ = 30; with the nearest 300 Mpc in 50 Mpc shells, 0.2% (4 more shells).
     """
     if zmax > model.z[-1]:
         raise ValueError(f"zmax = {zmax} is beyond the tabulated z <= {model.z[-1]}")
     chi_max = float(model.comoving_distance(zmax))
-    n_shell = max(1, int(np.ceil(chi_max / dchi)))
-    z = model.redshift(np.linspace(0.0, chi_max, n_shell + 1))
+    near = min(2.0 * dchi, chi_max)
+    n_near = max(1, int(np.ceil(NEAR_SPLIT * near / dchi)))
+    n_far = int(np.ceil((chi_max - near) / dchi))
+    chi = np.concatenate(
+        [np.linspace(0.0, near, n_near + 1), np.linspace(near, chi_max, n_far + 1)[1:]]
+    )
+    z = model.redshift(chi)
     z[0], z[-1] = 0.0, zmax
     return z
 
@@ -470,11 +486,13 @@ def lognormal_shells(
 
     Notes
     -----
-    The Gaussian spectra are the band-limited solutions of GLASS
-    (``compute_gaussian_spectra``, Tessore et al. 2023, Sec. 3). Where the lognormal
-    transform of a very nonlinear thin shell gives a slightly negative Gaussian C_ℓ, it is
-    set to zero; the count is logged. No pixel window is applied: the map values are point
-    samples of the band-limited field, so no healpy data files are needed.
+    The Gaussian spectra are GLASS's iterative solutions for a field that is not
+    band-limited (``solve_gaussian_spectra``, Tessore et al. 2023, Sec. 3): the direct
+    band-limited transform loses up to 4% of the κ power near ℓ = nside for the very
+    nonlinear low-z shells (measured at nside 256, lmax 512). A Gaussian C_ℓ that still
+    comes out negative is set to zero, and the count is logged. No pixel window is
+    applied: the map values are point samples of the field, so no healpy data files are
+    needed.
     """
     import glass
 
@@ -483,7 +501,7 @@ def lognormal_shells(
     fields = [glass.grf.Lognormal(shift) for _ in range(n_shell)]
     empty = np.zeros(0)
     spectra = [shell_cls[i] if j == i else empty for i in range(n_shell) for j in range(i, -1, -1)]
-    gls = glass.compute_gaussian_spectra(fields, spectra)
+    gls = glass.solve_gaussian_spectra(fields, spectra)
     n_negative = 0
     for i, gl in enumerate(gls):
         if gl.size and np.any(gl < 0):
