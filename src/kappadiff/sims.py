@@ -40,6 +40,7 @@ __all__ = [
     "lensing_cosmology",
     "lensing_efficiency",
     "limber_kappa_cls",
+    "lognormal_gaussian_cls",
     "lognormal_kappa",
     "lognormal_shells",
     "shear_from_kappa",
@@ -463,53 +464,77 @@ def shell_matter_cls(model: LensingCosmology, z_edges: np.ndarray, lmax: int) ->
     return np.sum(pk * (w / chi**2)[..., None], axis=1) / dchi[:, None] ** 2
 
 
+def lognormal_gaussian_cls(shell_cls: np.ndarray, shift: float = 1.0) -> np.ndarray:
+    """Spectra of the Gaussian fields whose lognormal transforms have ``shell_cls``.
+
+    Parameters
+    ----------
+    shell_cls : ndarray, shape (n_shell, lmax + 1)
+        Target angular spectra of the shells' δ (uncorrelated shells, as in Limber).
+    shift
+        Lognormal shift λ: δ ≥ −λ (1 for the matter density).
+
+    Returns
+    -------
+    ndarray, shape (n_shell, lmax + 1)
+        Gaussian C_ℓ, non-negative. They depend on the cosmology and shells only, so one
+        solution serves every sky.
+
+    Notes
+    -----
+    GLASS's iterative solution for a field that is not band-limited
+    (``solve_gaussian_spectra``, Tessore et al. 2023, Sec. 3): the direct band-limited
+    transform loses up to 4% of the κ power near ℓ = nside for the very nonlinear low-z
+    shells (measured at nside 256, lmax 512). A Gaussian C_ℓ that still comes out
+    negative is set to zero, and the count is logged.
+    """
+    import glass
+
+    shell_cls = np.asarray(shell_cls, float)
+    fields = [glass.grf.Lognormal(shift) for _ in shell_cls]
+    gls = np.array([glass.solve_gaussian_spectra(fields[:1], [cl])[0] for cl in shell_cls])
+    negative = gls < 0
+    if np.any(negative):
+        log.info("set %d negative Gaussian C_l of the lognormal shells to zero", negative.sum())
+        gls[negative] = 0.0
+    return gls
+
+
 def lognormal_shells(
-    shell_cls: np.ndarray, nside: int, rng: np.random.Generator, shift: float = 1.0
+    gaussian_cls: np.ndarray, nside: int, rng: np.random.Generator, shift: float = 1.0
 ) -> Iterator[np.ndarray]:
     """Draw lognormal HEALPix maps of the shells' overdensity with GLASS.
 
     Parameters
     ----------
-    shell_cls : ndarray, shape (n_shell, lmax + 1)
-        Target angular spectra of δ (shells uncorrelated, as in Limber).
+    gaussian_cls : ndarray, shape (n_shell, lmax + 1)
+        Spectra of the underlying Gaussian fields (:func:`lognormal_gaussian_cls`).
     nside
         HEALPix resolution of the maps.
     rng
         Random generator (one per sky; never shared between skies).
     shift
-        Lognormal shift λ: δ ≥ −λ (1 for the matter density).
+        Lognormal shift λ, as given to :func:`lognormal_gaussian_cls`.
 
     Yields
     ------
     ndarray, shape (12 nside²,)
-        δ of each shell in turn, RING ordering; band-limited to ``lmax``.
+        δ of each shell in turn, RING ordering.
 
     Notes
     -----
-    The Gaussian spectra are GLASS's iterative solutions for a field that is not
-    band-limited (``solve_gaussian_spectra``, Tessore et al. 2023, Sec. 3): the direct
-    band-limited transform loses up to 4% of the κ power near ℓ = nside for the very
-    nonlinear low-z shells (measured at nside 256, lmax 512). A Gaussian C_ℓ that still
-    comes out negative is set to zero, and the count is logged. No pixel window is
-    applied: the map values are point samples of the field, so no healpy data files are
-    needed.
+    No pixel window is applied: the map values are point samples of the field, so no
+    healpy data files are needed. The shells are uncorrelated, so GLASS keeps no earlier
+    field (``ncorr=0``) and memory holds one shell at a time.
     """
     import glass
 
-    shell_cls = np.asarray(shell_cls, float)
-    n_shell = shell_cls.shape[0]
-    fields = [glass.grf.Lognormal(shift) for _ in range(n_shell)]
-    empty = np.zeros(0)
-    spectra = [shell_cls[i] if j == i else empty for i in range(n_shell) for j in range(i, -1, -1)]
-    gls = glass.solve_gaussian_spectra(fields, spectra)
-    n_negative = 0
-    for i, gl in enumerate(gls):
-        if gl.size and np.any(gl < 0):
-            n_negative += int(np.sum(gl < 0))
-            gls[i] = np.clip(gl, 0.0, None)
-    if n_negative:
-        log.info("set %d negative Gaussian C_l of the lognormal shells to zero", n_negative)
-    # shells are uncorrelated, so no previous field needs to be kept (ncorr = 0)
+    fields = [glass.grf.Lognormal(shift) for _ in gaussian_cls]
+    gls = [
+        gaussian_cls[i] if j == i else np.zeros(0)
+        for i in range(len(fields))
+        for j in range(i, -1, -1)
+    ]
     yield from glass.generate(fields, gls, nside, ncorr=0, rng=rng)
 
 
@@ -588,8 +613,8 @@ def lognormal_kappa(
         κ maps, RING ordering.
     """
     weights = born_weights(model, z_edges, z_nz, nz)
-    cls = shell_matter_cls(model, z_edges, lmax)
-    return born_kappa(enumerate(lognormal_shells(cls, nside, rng)), weights)
+    gls = lognormal_gaussian_cls(shell_matter_cls(model, z_edges, lmax))
+    return born_kappa(enumerate(lognormal_shells(gls, nside, rng)), weights)
 
 
 def shear_from_kappa(kappa_map: np.ndarray, lmax: int | None = None) -> tuple[np.ndarray, ...]:
