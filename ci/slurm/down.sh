@@ -4,13 +4,13 @@
 # State and logs stay under $KAPPADIFF_SLURM_STATE for inspection. Safe to run when down.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=env.sh
+# shellcheck source-path=SCRIPTDIR source=env.sh
 . "$here/env.sh"
 
 if [ -f "$SLURM_ETC/slurm.conf" ] && grep -qF "$MARKER" "$SLURM_ETC/slurm.conf" &&
     scontrol ping >/dev/null 2>&1; then
-    jobs=$(squeue -h -o %A 2>/dev/null || true)
-    [ -z "$jobs" ] || scancel $jobs 2>/dev/null || true
+    mapfile -t jobs < <(squeue -h -o %A 2>/dev/null || true)
+    [ ${#jobs[@]} -eq 0 ] || scancel "${jobs[@]}" 2>/dev/null || true
 fi
 
 stop() {

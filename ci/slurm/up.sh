@@ -6,7 +6,7 @@
 # same configuration. Usage: ci/slurm/up.sh   (see ci/slurm/env.sh for the settings)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=env.sh
+# shellcheck source-path=SCRIPTDIR source=env.sh
 . "$here/env.sh"
 
 [ "$(id -u)" -eq 0 ] || { echo "up.sh: must run as root (it starts system daemons)" >&2; exit 1; }
@@ -70,6 +70,8 @@ JobAcctGatherFrequency=30
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStorageTRES=gres/gpu
+# Keep the executor's job comment (rule_<rule>_wildcards_<values>) in sacct.
+AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
 GresTypes=gpu
 $node_hw NodeAddr=127.0.0.1 Gres=gpu:$gpus State=UNKNOWN
@@ -168,6 +170,7 @@ wait_for 30 "cluster registration in slurmdbd" sh -c "sacctmgr -n -P show cluste
 # Smoke test: a GPU job runs, sees its GPU, and is found by sacct (the executor's status query).
 smoke=$STATE/smoke.out
 rm -f "$smoke"
+# shellcheck disable=SC2016  # $CUDA_VISIBLE_DEVICES is the job's, expanded in the job
 jobid=$(timeout 60 sbatch --parsable --wait --gpus=1 --mem=100 -t 1 -o "$smoke" \
     --wrap 'echo "gpus=$CUDA_VISIBLE_DEVICES"') || fail "sbatch of a one-GPU job failed"
 [ "$(cat "$smoke")" = "gpus=0" ] || fail "GPU job $jobid wrote '$(cat "$smoke")', expected gpus=0"
