@@ -2,7 +2,8 @@
 
 Needs a reachable cluster with accounting and at least one (possibly fake) GPU; CI starts a
 local single-node one with ci/slurm/up.sh (`make slurm-up`). Without one the tests skip,
-unless KAPPADIFF_REQUIRE_SLURM=1 (set by .ci/run), when they fail instead.
+unless KAPPADIFF_REQUIRE_SLURM=1 (set by .ci/run), when they fail instead. Only
+`test_profile_settings` runs without a cluster.
 
 The module runs the workflow three times in one results folder: the whole default target;
 then, after deleting one product (the posterior of one patch once `sample_patch` exists),
@@ -25,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from astropy.io import fits
-
-pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = "config/test.yaml"
+PROFILE = ROOT / "slurm" / "config.v9+.yaml"
 # Limits after which a hung run fails (hang guards, well above the normal times): the
 # whole workflow, and one rebuilt file.
 FULL_RUN_TIMEOUT_S = 600
@@ -60,6 +61,21 @@ def cluster_problem() -> str | None:
     if not any("gpu" in n for n in usable):
         return f"no usable Slurm node with GPUs (sinfo: {nodes})"
     return None
+
+
+def test_profile_settings():
+    """The profile keeps what the README promises, and its array rules exist (no cluster needed)."""
+    profile = yaml.safe_load(PROFILE.read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["retries"] >= 1 and profile["rerun-incomplete"] and profile["slurm-requeue"]
+    assert set(profile["default-resources"]) == {"runtime", "mem_mb"}
+    # A rule named in slurm-array-jobs that does not exist would silently submit plain jobs.
+    rules = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--list-rules", "--configfile", TEST_CONFIG],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    array_rules = profile["slurm-array-jobs"].split(",")
+    assert array_rules and not set(array_rules) - set(rules), (array_rules, rules)
 
 
 @dataclass
@@ -232,6 +248,7 @@ def rebuild_target(workflow) -> Path:
     return posterior[0] if posterior else list(workflow.files)[-1]
 
 
+@pytest.mark.slurm
 def test_whole_workflow(workflow):
     run = workflow.run
     assert run.returncode == 0, f"snakemake --profile slurm failed:\n{run.tail()}"
@@ -244,6 +261,7 @@ def test_whole_workflow(workflow):
     assert {state for _, _, state in jobs} == {"COMPLETED"}, jobs
 
 
+@pytest.mark.slurm
 def test_gpu_rules_get_gpus(completed):
     """Rules with a `gpu` resource reach Slurm with a GPU allocation (sbatch --gpus)."""
     gpu_rules = {"train_prior", "sample_patch", "validate_sample", "tarp_references"}
@@ -257,6 +275,7 @@ def test_gpu_rules_get_gpus(completed):
         pytest.skip("no GPU rule in the DAG yet")
 
 
+@pytest.mark.slurm
 def test_sampling_runs_as_job_arrays(completed):
     """Rules in the profile's slurm-array-jobs with 2+ jobs went, at least in part, as arrays.
 
@@ -274,6 +293,7 @@ def test_sampling_runs_as_job_arrays(completed):
         assert arrays and max(arrays.values()) >= 2, f"{rule} not submitted as an array: {ids}"
 
 
+@pytest.mark.slurm
 def test_one_deleted_product_is_rebuilt_alone(completed, rebuild_target):
     others = {p: p.stat().st_mtime_ns for p in completed.files if p != rebuild_target}
     rebuild_target.unlink()
@@ -286,6 +306,7 @@ def test_one_deleted_product_is_rebuilt_alone(completed, rebuild_target):
     assert not changed, f"rebuilding one file touched others: {changed}"
 
 
+@pytest.mark.slurm
 def test_cancelled_job_is_retried(completed, rebuild_target):
     rule = completed.files[rebuild_target]
     rebuild_target.unlink()
