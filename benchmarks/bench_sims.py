@@ -1,6 +1,7 @@
 """Simulated skies: wall time and peak memory per nside, and C_ℓ against Limber.
 
-Each nside runs in a fresh subprocess so that its peak resident memory is its own. A sky
+Each nside runs in a fresh subprocess so that its peak resident memory (measured once the
+sky is made, before the spectra are analysed) is its own. A sky
 is the library's chain (CAMB cosmology, shells, Born weights, GLASS lognormal shells,
 Born sum) with the default config's shells (to z = 3 every 150 Mpc, lmax = 2 nside);
 "setup" is the CAMB cosmology, Born weights, shell spectra and their Gaussian solution.
@@ -60,6 +61,8 @@ def one_sky(nside: int, max_shells: int, n_skies: int, spectra: bool) -> dict:
         )
         kappa = sims.born_kappa(enumerate(shells), weights[:, :n_run])
         sky_times.append(time.perf_counter() - t1)
+        # peak of making the sky (KiB on Linux), before any analysis of it
+        out["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         if spectra:
             alms = [hp.map2alm(k, lmax=nside, iter=3, use_pixel_weights=False) for k in kappa]
             cl = np.array([[hp.alm2cl(a, b) for b in alms] for a in alms])
@@ -109,7 +112,6 @@ def main() -> None:
     for nside, limit in zip(args.nside, max_shells, strict=True):
         spectra = nside == args.limber_nside
         n_skies = args.limber_skies if spectra else 1
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         child = json.dumps([nside, limit, n_skies, spectra])
         result = subprocess.run(
             [sys.executable, __file__, "--child", child],
@@ -118,10 +120,6 @@ def main() -> None:
             text=True,
         )
         out = json.loads(result.stdout.strip().splitlines()[-1])
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        # ru_maxrss of children is the largest child so far (KiB on Linux): children run
-        # in increasing nside, so each peak is this child's own
-        out["peak_gib"] = max(peak, before) / 2**20
         rows.append(out)
         print(
             f"{nside:5d} {out['lmax']:5d} {out['n_shell']:5d}({out['shells_run']:2d})"

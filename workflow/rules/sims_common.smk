@@ -31,10 +31,11 @@ def sim_index(wildcards):
 
 
 def tomography_mem_mb(wildcards):
-    """Peak memory of one sky: ~120 bytes a pixel (4 float64 maps, shell, GLASS buffers)."""
-    return 1500 + 120 * 12 * config["sims"]["nside"] ** 2 // 10**6
+    """Peak memory of one sky: 1.5 GB plus 150 bytes a pixel (measured ~100-200 B/pixel:
+    4 float64 maps, a shell, GLASS buffers; docs/benchmarks.md)."""
+    return 1500 + 150 * 12 * config["sims"]["nside"] ** 2 // 10**6
 
 
 def tomography_runtime(wildcards):
-    """Minutes for one sky: ~5 min at nside 1024 on 2 cores, growing with the pixels."""
-    return max(10, 5 * (config["sims"]["nside"] // 1024) ** 2)
+    """Minutes for one sky: ~1.5 min at nside 1024 on 2 cores, ~nside^3 beyond."""
+    return max(10, 3 * (config["sims"]["nside"] // 1024) ** 3)
