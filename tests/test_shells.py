@@ -228,3 +228,13 @@ def test_tomography_from_gowerstreet_shells_is_the_born_sum(tmp_path, rng, repo_
         expected += weights[:, s, None] * (counts / counts.mean() - 1.0)
     # float32 product of a float64 sum
     np.testing.assert_allclose(kappa, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_tomography_refuses_a_cosmology_other_than_the_simulations(tmp_path, rng, repo_root):
+    directory, _ = _gowerstreet(tmp_path, rng)
+    config = yaml.safe_load((repo_root / "config" / "test.yaml").read_text())
+    config["sims"].update(source="gowerstreet", nside=NSIDE, shell_files=[str(directory)])
+    config["sims"]["cosmology"]["omega_m"] = 0.28
+    with pytest.raises(ValueError, match="omega_m = 0.3, but sims.cosmology.omega_m = 0.28") as err:
+        make_tomography(config, 0, tmp_path / "kappa.fits")
+    assert str(directory) in str(err.value)

@@ -77,6 +77,9 @@ class ShellSet:
     read_counts : callable
         ``read_counts()`` yields ``(s, counts)`` for every shell once, in storage order
         (the order that reads the files in one pass).
+    cosmology : dict
+        Cosmological parameters recorded with the shells, as named in
+        :class:`kappadiff.sims.Cosmology` (``h``, ``omega_m``; empty if none recorded).
     """
 
     z_edges: np.ndarray
@@ -84,6 +87,7 @@ class ShellSet:
     files: tuple[str, ...]
     source: str
     read_counts: Callable[[], Iterator[tuple[int, np.ndarray]]] = dataclasses.field(repr=False)
+    cosmology: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def n_shell(self) -> int:
@@ -314,6 +318,11 @@ def gowerstreet_shells(directory: str | os.PathLike, zmax: float | None = None) 
         files=tuple(os.fspath(files[s]) for s in steps),
         source=os.fspath(directory),
         read_counts=functools.partial(_read_npy_files, tuple(files[s] for s in steps)),
+        cosmology={
+            name: float(par[key])
+            for name, key in (("h", "h"), ("omega_m", "dOmega0"))
+            if key in par
+        },
     )
 
 

@@ -28,6 +28,8 @@ __all__ = ["make_tomography", "source_nz"]
 
 log = logging.getLogger(__name__)
 
+#: Relative tolerance between the cosmology recorded with N-body shells and the config's.
+COSMOLOGY_RTOL = 1e-3
 #: Redshift step of the grid on which the built-in n(z) is tabulated.
 BUILTIN_NZ_DZ = 0.005
 
@@ -116,6 +118,13 @@ def make_tomography(config: Mapping[str, Any], index: int, output: str | os.Path
                 f"sims.shell_files lists {len(files)} simulations; sky {index} has none"
             )
         shells = read_shells(sims["source"], files[index], zmax=z_nz[-1])
+        for name, value in shells.cosmology.items():
+            if not np.isclose(value, getattr(cosmo, name), rtol=COSMOLOGY_RTOL):
+                raise ValueError(
+                    f"{shells.source}: the simulation has {name} = {value}, but "
+                    f"sims.cosmology.{name} = {getattr(cosmo, name)}; the lensing kernels "
+                    "must use the simulation's cosmology"
+                )
         z_edges = shells.z_edges
         check_nz_overlap(z_edges, z_nz, nz, sims["nz"])
         model = lensing_cosmology(cosmo, zmax=max(z_edges[-1], z_nz[-1]))
