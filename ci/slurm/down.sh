@@ -13,17 +13,20 @@ if [ -f "$SLURM_ETC/slurm.conf" ] && grep -qF "$MARKER" "$SLURM_ETC/slurm.conf" 
     [ ${#jobs[@]} -eq 0 ] || scancel "${jobs[@]}" 2>/dev/null || true
 fi
 
+# Alive and not a zombie (an exited daemon whose parent has not reaped it yet).
+running() { kill -0 "$1" 2>/dev/null && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
+
 stop() {
     local name=$1 pidfile=$2 pid
     [ -f "$pidfile" ] || return 0
     pid=$(cat "$pidfile")
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    if [ -n "$pid" ] && running "$pid"; then
         kill -TERM "$pid"
         for _ in $(seq 1 40); do
-            kill -0 "$pid" 2>/dev/null || break
+            running "$pid" || break
             sleep 0.5
         done
-        if kill -0 "$pid" 2>/dev/null; then
+        if running "$pid"; then
             echo "down.sh: $name ($pid) ignored SIGTERM for 20 s, sending SIGKILL" >&2
             kill -KILL "$pid" 2>/dev/null || true
         fi
