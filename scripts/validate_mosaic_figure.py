@@ -5,5 +5,9 @@ setup_logging(snakemake.log[0])
 from kappadiff.stages.validation import mosaic_figure  # noqa: E402
 
 mosaic_figure(
-    snakemake.input.mean, snakemake.input.std, snakemake.output[0], snakemake.params.config
+    snakemake.input.mean,
+    snakemake.input.std,
+    snakemake.input.coverage,
+    snakemake.output[0],
+    snakemake.params.config,
 )
