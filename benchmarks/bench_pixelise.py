@@ -5,6 +5,8 @@
    256 x 256 1' pixels, 4 bins) with ``catalogue.memory_mb`` accumulators. Prints galaxies and
    galaxy-patch assignments per second on one core, for the first pass (all patches: the
    assignment work of the whole layout) and for the whole run (one pass per patch group).
+   The kernels are compiled (or loaded from numba's cache) by a warm-up run first, timed
+   apart; ``--fresh-jit`` compiles them into an empty cache to time the compilation.
 2. memory: writes a ``--n-rows`` FITS catalogue (streamed), then pixelises it streamed in
    chunks into the default-scale footprint layout; prints the peak resident memory.
 
@@ -55,9 +57,32 @@ def _layout(npix, scale):
     return PatchGrid(ra0, dec0, npix, scale), mask
 
 
-def throughput(n_galaxies: int, memory_mb: float) -> None:
+def warm_up(fresh: bool) -> None:
+    """Pixelise a few galaxies: compiles the kernels (or loads them from numba's cache)."""
+    from kappadiff.catalogue import GalaxyChunk, PatchGrid, pixelise_catalogue
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    chunk = GalaxyChunk(
+        rng.uniform(29, 31, n),
+        rng.uniform(-31, -29, n),
+        *rng.normal(0, 0.2, (2, n)),
+        np.ones(n),
+        rng.integers(0, 4, n),
+    )
+    grid = PatchGrid(np.array([30.0]), np.array([-30.0]), 16, 6.0)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in pixelise_catalogue(lambda: [chunk], grid, 4):
+        pass
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    source = "compiled, empty cache" if fresh else "compiled, or loaded from numba's cache"
+    print(f"kernel warm-up ({source}): CPU {cpu:.2f} s (wall {wall:.2f} s), not timed below")
+
+
+def throughput(n_galaxies: int, memory_mb: float, fresh_jit: bool) -> None:
     from kappadiff.catalogue import GalaxyChunk, patch_groups, pixelise_catalogue
 
+    warm_up(fresh_jit)
     rng = np.random.default_rng(1)
     grid, mask = _layout(256, 1.0)
     chunks = []
@@ -138,9 +163,16 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=1_000_000)
     ap.add_argument("--memory-mb", type=float, default=1200)
     ap.add_argument("--part", choices=["throughput", "memory", "both"], default="both")
+    ap.add_argument(
+        "--fresh-jit",
+        action="store_true",
+        help="compile the kernels into an empty numba cache (measures the compile time)",
+    )
     args = ap.parse_args()
+    if args.fresh_jit:
+        os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp()
     if args.part == "throughput":
-        throughput(args.n_galaxies, args.memory_mb)
+        throughput(args.n_galaxies, args.memory_mb, args.fresh_jit)
     elif args.part == "memory":
         memory(args.n_rows, args.chunk_size)
     else:
