@@ -283,6 +283,29 @@ def test_sigma_matches_scatter_over_noise_realisations():
     assert np.mean(np.abs(scatter2 / sigma2 - 1) < 0.25) > 0.9
 
 
+def test_shape_noise_sigma_ignores_configured_sigma_e():
+    """With noise from the shapes, SIGMA is sigma_e_true / sqrt(N) whatever sigma_e is passed.
+
+    The configured per-bin sigma_e only feeds the ``sigma_e`` noise model; multiplying the
+    measured shape noise by it again would shrink SIGMA by a factor ~4 and inflate chi^2.
+    """
+    rng = np.random.default_rng(77)
+    grid = C.PatchGrid(np.array([30.0]), np.array([-30.0]), 8, 32.0)
+    n = 40_000
+    ra, dec = rng.uniform(27.5, 32.5, n), rng.uniform(-32.3, -27.7, n)
+    bins = np.zeros(n, dtype=np.int64)
+    e1, e2 = 0.25 * rng.standard_normal(n), 0.25 * rng.standard_normal(n)
+    chunk = C.GalaxyChunk(ra, dec, e1, e2, np.ones(n), bins)
+    ((_, maps, _),) = C.pixelise_catalogue(
+        lambda: [chunk], grid, 4, e_max=10.0, noise="shapes", sigma_e=[0.25, 0.26, 0.26, 0.3]
+    )
+    m = maps["MASK"][0] == 1
+    expected = 0.25 / np.sqrt(maps["NGAL"][0][m])
+    # ~600 galaxies a pixel: the sample rms of 2N shapes is within ~4 % of 0.25 per pixel
+    np.testing.assert_allclose(maps["SIGMA"][0][m], expected, rtol=0.15)
+    assert abs(np.median(maps["SIGMA"][0][m] / expected) - 1) < 0.02
+
+
 # --------------------------------------------------------------------------- mocks
 
 

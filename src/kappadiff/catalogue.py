@@ -845,7 +845,11 @@ class ShearAccumulator:
         _, nb, n, _ = self.shape
         if self.noise == "sigma_e" and sigma_e is None:
             raise ValueError("ShearAccumulator.maps: noise='sigma_e' needs sigma_e per bin")
-        scale = np.ones(nb) if sigma_e is None else np.asarray(sigma_e, dtype=np.float64)
+        # sigma_e enters only the sigma_e noise model; shape noise is measured from the shapes
+        if self.noise == "shapes":
+            scale = np.ones(nb)
+        else:
+            scale = np.asarray(sigma_e, dtype=np.float64)
         if observed is None:
             observed = np.ones((n, n), dtype=bool)
         size = nb * n * n * 5
