@@ -68,3 +68,14 @@ def test_images_round_trip(tmp_path, rng):
     assert header["SEED"] == 5 and "CFGHASH" in header
     with pytest.raises(products.ProductError, match="STD"):
         products.read_images(tmp_path / "p.fits", ["STD"])
+
+
+def test_celestial_wcs_copies_tan_cards_and_names_missing(tmp_path):
+    h = products.tan_header(12.0, -40.0, 16, 16.0)
+    h["LONPOLE"] = 180.0
+    h["OBJECT"] = "not a WCS card"
+    wcs = products.celestial_wcs(h, "p.fits")
+    assert wcs["CRVAL1"] == 12.0 and wcs["LONPOLE"] == 180.0 and "OBJECT" not in wcs
+    del h["CDELT2"]
+    with pytest.raises(products.ProductError, match=r"p.fits.*CDELT2"):
+        products.celestial_wcs(h, "p.fits")

@@ -26,6 +26,7 @@ from .config import config_hash
 __all__ = [
     "ProductError",
     "atomic_output",
+    "celestial_wcs",
     "file_hash",
     "image_hdu",
     "provenance",
@@ -137,6 +138,38 @@ def tan_header(ra_deg: float, dec_deg: float, npix: int, pixel_scale_arcmin: flo
     h["CDELT2"] = pixel_scale_arcmin / 60.0
     h["RADESYS"] = "ICRS"
     return h
+
+
+#: WCS cards every flat product carries (those of :func:`tan_header`).
+WCS_KEYS = (
+    "WCSAXES",
+    "CTYPE1",
+    "CTYPE2",
+    "CUNIT1",
+    "CUNIT2",
+    "CRVAL1",
+    "CRVAL2",
+    "CRPIX1",
+    "CRPIX2",
+    "CDELT1",
+    "CDELT2",
+    "RADESYS",
+)
+#: WCS cards copied along when present (a header written by other software).
+WCS_OPTIONAL_KEYS = ("PC1_1", "PC1_2", "PC2_1", "PC2_2", "LONPOLE", "LATPOLE", "EQUINOX")
+
+
+def celestial_wcs(header: fits.Header, path: str | os.PathLike = "<header>") -> fits.Header:
+    """The TAN WCS cards of a flat product's image header, to copy onto derived products.
+
+    Raises :class:`ProductError` naming ``path`` and the missing cards if any of
+    :data:`WCS_KEYS` is absent.
+    """
+    absent = [k for k in WCS_KEYS if k not in header]
+    if absent:
+        raise ProductError(f"{path}: image header lacks the WCS cards {absent}")
+    keys = WCS_KEYS + tuple(k for k in WCS_OPTIONAL_KEYS if k in header)
+    return fits.Header([(k, header[k], header.comments[k]) for k in keys])
 
 
 def image_hdu(

@@ -20,7 +20,15 @@ import numpy as np
 from astropy.io import fits
 
 from .. import lensing, stats
-from ..products import ProductError, image_hdu, provenance, read_table, write_fits, write_table
+from ..products import (
+    ProductError,
+    celestial_wcs,
+    image_hdu,
+    provenance,
+    read_table,
+    write_fits,
+    write_table,
+)
 
 __all__ = [
     "MEASURED",
@@ -39,29 +47,6 @@ MEASURED = "measured"
 
 #: Data-patch HDUs the baselines read.
 DATA_HDUS = ("G1", "G2", "SIGMA", "MASK")
-
-#: WCS keywords copied from the data patch onto the baseline products.
-WCS_KEYS = (
-    "WCSAXES",
-    "CTYPE1",
-    "CTYPE2",
-    "CUNIT1",
-    "CUNIT2",
-    "CRVAL1",
-    "CRVAL2",
-    "CRPIX1",
-    "CRPIX2",
-    "CDELT1",
-    "CDELT2",
-    "PC1_1",
-    "PC1_2",
-    "PC2_1",
-    "PC2_2",
-    "LONPOLE",
-    "LATPOLE",
-    "RADESYS",
-    "EQUINOX",
-)
 
 #: Cut-outs transformed at once while measuring the signal power (bounds the memory).
 CUTOUT_CHUNK = 32
@@ -184,7 +169,7 @@ def read_data_patch(
                 raise ProductError(f"{path}: no HDU '{name}' (found {names})")
             images[name] = np.asarray(hdul[name].data, dtype=np.float64)
         source = hdul["G1"].header
-        wcs = fits.Header([(k, source[k], source.comments[k]) for k in WCS_KEYS if k in source])
+        wcs = celestial_wcs(source, path)
     shape = images["G1"].shape
     for name, arr in images.items():
         if arr.ndim != 3 or arr.shape != shape:
@@ -205,9 +190,6 @@ def read_data_patch(
         raise ProductError(
             f"{path}: HDU SIGMA is not > 0 (or not finite) in {int(bad.sum())} observed pixels"
         )
-    for key in ("CDELT1", "CDELT2", "CRVAL1", "CRVAL2"):
-        if key not in wcs:
-            raise ProductError(f"{path}: HDU G1 has no WCS keyword {key}")
     scale = abs(float(wcs["CDELT2"])) * 60.0
     if not np.isclose(scale, pixel_scale_arcmin, rtol=1e-6):
         raise ProductError(

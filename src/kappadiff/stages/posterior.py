@@ -29,7 +29,15 @@ from astropy.io import fits
 from ..diffusion.checkpoint import load_prior
 from ..diffusion.dps import TrajectoryDiagnostic, chi2, dps_guidance, shear_data
 from ..diffusion.sampler import ddim_sample, timestep_sequence
-from ..products import ProductError, atomic_output, file_hash, image_hdu, provenance, write_fits
+from ..products import (
+    ProductError,
+    atomic_output,
+    celestial_wcs,
+    file_hash,
+    image_hdu,
+    provenance,
+    write_fits,
+)
 from ..seeding import derive_seed
 
 __all__ = ["posterior_seed", "prepare_network", "sample_patch", "sampling_params"]
@@ -37,20 +45,6 @@ __all__ = ["posterior_seed", "prepare_network", "sample_patch", "sampling_params
 log = logging.getLogger(__name__)
 
 DATA_HDUS = ("G1", "G2", "SIGMA", "MASK")
-WCS_KEYS = (
-    "WCSAXES",
-    "CTYPE1",
-    "CTYPE2",
-    "CUNIT1",
-    "CUNIT2",
-    "CRVAL1",
-    "CRVAL2",
-    "CRPIX1",
-    "CRPIX2",
-    "CDELT1",
-    "CDELT2",
-    "RADESYS",
-)
 PRECISIONS = {"fp32": None, "tf32": None, "bf16": torch.bfloat16}
 
 
@@ -81,11 +75,7 @@ def _read_patch(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], fits.He
         if missing:
             raise ProductError(f"{path}: no HDU {missing} (found {names})")
         arrays = {n: np.asarray(hdul[n].data, dtype=np.float64) for n in DATA_HDUS}
-        g1h = hdul["G1"].header
-        absent = [k for k in WCS_KEYS if k not in g1h]
-        if absent:
-            raise ProductError(f"{path}: HDU G1 lacks the WCS cards {absent}")
-        wcs = fits.Header([(k, g1h[k]) for k in WCS_KEYS])
+        wcs = celestial_wcs(hdul["G1"].header, path)
     return arrays, wcs
 
 
