@@ -178,6 +178,43 @@ def check_radians(ra: np.ndarray, dec: np.ndarray, where: str, min_rows: int = 1
         )
 
 
+@numba.njit(cache=True, nogil=True)
+def _cuts_kernel(ra, dec, e1, e2, w, bins, finite, n_bins, e_max, keep):
+    """:func:`quality_cuts` in one sweep: fills ``keep``, returns the counts by reason and
+    the number of finite rows whose bin is outside ``[-1, n_bins - 1]``.
+
+    ``finite`` is False where a column tested outside (float bins, responses) is not finite.
+    """
+    n_nonfinite = n_bin = n_weight = n_ell = n_bad = 0
+    e2max = e_max * e_max
+    for i in range(ra.size):
+        keep[i] = False
+        ok = (
+            finite[i]
+            and math.isfinite(ra[i])
+            and math.isfinite(dec[i])
+            and math.isfinite(e1[i])
+            and math.isfinite(e2[i])
+            and math.isfinite(w[i])
+        )
+        if not ok:
+            n_nonfinite += 1
+            continue
+        b = bins[i]
+        if b < -1 or b >= n_bins:
+            n_bad += 1
+            continue
+        if b < 0:
+            n_bin += 1
+        elif not w[i] > 0:
+            n_weight += 1
+        elif not e1[i] * e1[i] + e2[i] * e2[i] < e2max:
+            n_ell += 1
+        else:
+            keep[i] = True
+    return n_nonfinite, n_bin, n_weight, n_ell, n_bad
+
+
 def quality_cuts(
     chunk: GalaxyChunk, n_bins: int, e_max: float, where: str = "catalogue"
 ) -> tuple[np.ndarray, dict[str, int]]:
@@ -207,37 +244,32 @@ def quality_cuts(
     CatalogueError
         Bins outside ``[-1, n_bins - 1]`` (named with their count).
     """
-    finite = (
-        np.isfinite(chunk.ra)
-        & np.isfinite(chunk.dec)
-        & np.isfinite(chunk.e1)
-        & np.isfinite(chunk.e2)
-        & np.isfinite(chunk.weight)
-    )
     bins = np.asarray(chunk.bin)
+    # float bins and responses can be non-finite too: tested here, the rest in the kernel
+    finite = np.ones(len(chunk), dtype=np.bool_)
     if bins.dtype.kind == "f":
         finite &= np.isfinite(bins)
     if chunk.response is not None:
         r = chunk.response.reshape(len(chunk), -1)
         finite &= np.isfinite(r).all(axis=1)
-    bad = finite & ((bins < -1) | (bins >= n_bins))
-    if bad.any():
+    keep = np.empty(len(chunk), dtype=np.bool_)
+    *rejected, n_bad = _cuts_kernel(
+        *(np.asarray(getattr(chunk, k)) for k in ("ra", "dec", "e1", "e2", "weight")),
+        bins,
+        finite,
+        n_bins,
+        float(e_max),
+        keep,
+    )
+    if n_bad:
+        with np.errstate(invalid="ignore"):
+            bad = finite & np.isfinite(chunk.ra) & ((bins < -1) | (bins >= n_bins))
         values = np.unique(bins[bad])[:5]
         raise CatalogueError(
-            f"{where}: column 'bin' has {int(bad.sum())} values outside -1..{n_bins - 1} "
+            f"{where}: column 'bin' has {n_bad} values outside -1..{n_bins - 1} "
             f"(e.g. {values.tolist()})"
         )
-    has_bin = finite & (bins >= 0)
-    positive = has_bin & (chunk.weight > 0)
-    with np.errstate(invalid="ignore"):
-        small_e = chunk.e1**2 + chunk.e2**2 < e_max**2
-    keep = positive & small_e
-    counts = {
-        "nonfinite": int((~finite).sum()),
-        "bin": int((finite & ~has_bin).sum()),
-        "weight": int((has_bin & ~positive).sum()),
-        "ellipticity": int((positive & ~small_e).sum()),
-    }
+    counts = dict(zip(("nonfinite", "bin", "weight", "ellipticity"), rejected, strict=True))
     return keep, counts
 
 
@@ -922,13 +954,14 @@ class ShearAccumulator:
         return out
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _maps_kernel(rec, observed, sigma_e, clear, g1, g2, sigma, mask, ngal):
     """:meth:`ShearAccumulator.maps` of one patch's sums ``rec`` (flat [bin, pixel, 5]).
 
     ``sigma_e`` (per bin) multiplies SIGMA (ones for the shape noise). With ``clear``, the
     sums are zeroed as they are read (a scratch accumulator reused patch after patch: one
-    sweep over it rather than two).
+    sweep over it rather than two, and only the cache lines of pixels with galaxies are
+    written).
     """
     npix2 = observed.size
     for b in range(sigma_e.size):
@@ -940,16 +973,13 @@ def _maps_kernel(rec, observed, sigma_e, clear, g1, g2, sigma, mask, ngal):
             used = count > 0 and w > 0 and observed[q]
             ngal[k] = np.int32(count)
             mask[k] = used
-            if used:
-                inv = 1.0 / w
-                g1[k] = rec[a + 1] * inv
-                g2[k] = rec[a + 2] * inv
-                sigma[k] = math.sqrt(rec[a + 3]) * inv * se
-            else:
-                g1[k] = 0.0
-                g2[k] = 0.0
-                sigma[k] = 0.0
-            if clear:
+            # computed everywhere and selected (no branch on the random pattern of empty
+            # pixels); 1 / 0 is inf and not selected
+            inv = 1.0 / w
+            g1[k] = rec[a + 1] * inv if used else 0.0
+            g2[k] = rec[a + 2] * inv if used else 0.0
+            sigma[k] = math.sqrt(rec[a + 3]) * inv * se if used else 0.0
+            if clear and count > 0:  # only pixels with galaxies have non-zero sums
                 for j in range(5):
                     rec[a + j] = 0.0
 
