@@ -2,9 +2,9 @@
 
 1. throughput: ``--n-galaxies`` galaxies (held in memory, so no disk read is timed), uniform
    over the DES footprint, pixelised into the paper-scale footprint layout (~410 patches of
-   256 x 256 1' pixels, 4 bins) with ``catalogue.memory_mb`` accumulators. Prints galaxies and
-   galaxy-patch assignments per second on one core, for the first pass (all patches: the
-   assignment work of the whole layout) and for the whole run (one pass per patch group).
+   256 x 256 1' pixels, 4 bins) with ``catalogue.memory_mb`` of records or accumulators.
+   Prints galaxies and galaxy-patch assignments per second on one core, up to the first
+   patch's maps and for the whole run (every patch's maps).
    The kernels are compiled (or loaded from numba's cache) by a warm-up run first, timed
    apart; ``--fresh-jit`` compiles them into an empty cache to time the compilation.
 2. memory: writes a ``--n-rows`` FITS catalogue (streamed), then pixelises it streamed in
@@ -80,7 +80,13 @@ def warm_up(fresh: bool) -> None:
 
 
 def throughput(n_galaxies: int, memory_mb: float, fresh_jit: bool) -> None:
-    from kappadiff.catalogue import GalaxyChunk, patch_groups, pixelise_catalogue
+    from kappadiff.catalogue import (
+        RECORD_BYTES,
+        GalaxyChunk,
+        patch_groups,
+        pixelise_catalogue,
+        record_budget,
+    )
 
     warm_up(fresh_jit)
     rng = np.random.default_rng(1)
@@ -91,8 +97,9 @@ def throughput(n_galaxies: int, memory_mb: float, fresh_jit: bool) -> None:
         e = rng.normal(0, 0.26, (2, n))
         chunks.append(GalaxyChunk(ra, dec, e[0], e[1], np.ones(n), rng.integers(0, 4, n)))
     groups = patch_groups(len(grid), 4, grid.npix, memory_mb)
-    print(f"layout: {len(grid)} patches of 256 x 256 x 1', {len(groups)} groups", end=" ")
-    print(f"of <= {len(groups[0])} (memory_mb {memory_mb:g})")
+    budget = record_budget(len(grid), 4, grid.npix, memory_mb)
+    print(f"layout: {len(grid)} patches of 256 x 256 x 1' (memory_mb {memory_mb:g}):", end=" ")
+    print(f"records up to {budget / 2**20:.0f} MB, else {len(groups)} dense groups")
     # CPU time of this process: per-core figures that stay meaningful on a shared machine
     t0, c0 = time.perf_counter(), time.process_time()
     t_first = c_first = None
@@ -102,13 +109,15 @@ def throughput(n_galaxies: int, memory_mb: float, fresh_jit: bool) -> None:
             t_first, c_first = time.perf_counter() - t0, time.process_time() - c0
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(f"galaxies: {acct.read:,}, used {acct.used:,}, assignments {acct.assignments:,}")
+    sparse = acct.assignments * RECORD_BYTES <= budget
+    path = "one pass, buffered records" if sparse else f"dense, {len(groups)} passes"
     print(
-        f"first pass (all patches assigned, group 1 accumulated): CPU {c_first:.1f} s "
+        f"up to the first patch's maps (all patches assigned): CPU {c_first:.2f} s "
         f"(wall {t_first:.1f} s) = {acct.read / c_first:.3g} galaxies/s/core, "
         f"{acct.assignments / c_first:.3g} assignments/s/core"
     )
     print(
-        f"whole pixelisation ({len(groups)} passes, products computed): CPU {cpu:.1f} s "
+        f"whole pixelisation ({path}, maps of every patch): CPU {cpu:.2f} s "
         f"(wall {total:.1f} s) = {acct.read / cpu:.3g} galaxies/s/core, "
         f"{acct.assignments / cpu:.3g} assignments/s/core"
     )
@@ -151,6 +160,7 @@ def memory(n_rows: int, chunk_size: int) -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"streamed and pixelised {acct.read:,} rows into {len(grid)} patches", end=" ")
         print(f"of 64 x 64 x 4' in {dt:.0f} s wall, {cpu:.0f} s CPU")
+        print(f"galaxy-patch assignments {acct.assignments:,}")
         print(f"peak RSS: {peak:.0f} MB (writing: {after_write:.0f} MB), chunk {chunk_size:,} rows")
 
 

@@ -228,14 +228,65 @@ def test_patch_groups_give_the_same_maps(rng):
     grid = _grid()
     chunks = [_chunk(rng, 4000, ra=(22, 42), dec=(-38, -22))]
     one = list(C.pixelise_catalogue(lambda: chunks, grid, 4, memory_mb=100))
-    # 16x16x4 pixels x 40 bytes = 40 kB a patch: 0.05 MB -> one patch a group
-    assert len(C.patch_groups(4, 4, 16, 0.05)) == 4
-    many = list(C.pixelise_catalogue(lambda: chunks, grid, 4, memory_mb=0.05))
+    # the records fit in 100 MB (and under the 160 kB layout): one pass, no dense sums
+    records = one[0][2].assignments * C.RECORD_BYTES
+    assert records <= C.record_budget(4, 4, 16, 100)
+    # 16x16x4 pixels x 40 bytes = 40 kB a patch: 0.005 MB -> one patch a group, and the
+    # records outgrow 0.005 MB: dense, one pass a group
+    assert len(C.patch_groups(4, 4, 16, 0.005)) == 4
+    assert records > C.record_budget(4, 4, 16, 0.005)
+    many = list(C.pixelise_catalogue(lambda: chunks, grid, 4, memory_mb=0.005))
     assert [p for p, _, _ in one] == [p for p, _, _ in many]
     assert one[0][2] == many[0][2]  # identical accounting, final after the first pass
     for (_, a, _), (_, b, _) in zip(one, many, strict=True):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_switch_from_records_to_dense_mid_pass_gives_the_same_maps(rng):
+    # a dense box: the records outgrow the whole layout's accumulator (160 kB) on the
+    # third chunk, so the first group goes dense mid-pass; sums stay in galaxy order
+    grid = _grid()
+    chunks = [_chunk(rng, 3000, ra=(28, 35), dec=(-33, -27)) for _ in range(4)]
+    one = list(C.pixelise_catalogue(lambda: chunks, grid, 4, memory_mb=100))
+    n_assign = one[0][2].assignments
+    assert n_assign * C.RECORD_BYTES > C.record_budget(4, 4, 16, 100)
+    assert n_assign * C.RECORD_BYTES < 3 * C.record_budget(4, 4, 16, 100)  # not the 1st chunk
+    many = list(C.pixelise_catalogue(lambda: chunks, grid, 4, memory_mb=0.05))
+    assert one[0][2] == many[0][2]
+    for (p, a, _), (q, b, _) in zip(one, many, strict=True):
+        assert p == q
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_float32_records_of_a_crowded_pixel():
+    # 5000 galaxies in one pixel: records hold w, g1, g2 as float32 and are summed in float64,
+    # so each term is off by <= 2^-24 relative: |dG| <= 2^-24 sum|w g| / sum w, plus the
+    # float32 rounding of the product (2^-24 |G|)
+    rng = np.random.default_rng(7)
+    n = 5000
+    grid = C.PatchGrid(np.array([30.0]), np.array([-30.0]), 3, 16.0)
+    w = rng.uniform(0.5, 2.0, n)
+    e1, e2 = rng.uniform(-0.7, 0.7, (2, n))  # |e| < 1: every galaxy passes the cuts
+    chunk = C.GalaxyChunk(
+        30.0 + rng.uniform(-0.01, 0.01, n),
+        -30.0 + rng.uniform(-0.01, 0.01, n),
+        e1,
+        e2,
+        w,
+        np.zeros(n, dtype=np.int64),
+    )
+    (_, maps, _), *_ = C.pixelise_catalogue(lambda: [chunk], grid, 1)
+    r, c = 1, 1  # the centre pixel of a 3 x 3 grid (16', the galaxies within 0.6')
+    assert maps["NGAL"][0, r, c] == n
+    for key, e in (("G1", e1), ("G2", e2)):
+        exact = np.sum(w * e) / np.sum(w)
+        tol = 2.0**-24 * (np.sum(np.abs(w * e)) / np.sum(w) + abs(exact))
+        assert abs(maps[key][0, r, c] - exact) <= tol
+    sigma = np.sqrt(np.sum(w**2 * (e1**2 + e2**2) / 2)) / np.sum(w)
+    # all terms positive: relative error <= 3 x 2^-24 (w^2 e^2) plus the float32 product
+    assert abs(maps["SIGMA"][0, r, c] / sigma - 1) <= 4 * 2.0**-24
 
 
 def test_observed_mask_and_sigma_e_noise(rng):
