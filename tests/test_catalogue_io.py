@@ -13,7 +13,7 @@ from astropy.io import fits
 
 from kappadiff import catalogue_io as io
 from kappadiff.catalogue import SHEARED_SELECTIONS, CatalogueError, calibration_from_sums
-from kappadiff.products import write_healpix
+from kappadiff.products import ProductError, image_hdu, tan_header, write_fits, write_healpix
 
 N_BINS = 4
 
@@ -267,3 +267,58 @@ def test_mock_and_pixelise_stage(test_config, tmp_path, mock_format):
     stage.catalogue_footprint(config, stage.catalogue_files(config), out)
     occ = hp.read_map(out)
     assert occ.sum() == n_mock - h["REJNAN"] - h["REJBIN"] - h["REJWGT"] - h["REJELL"]
+
+
+# --------------------------------------------------------------------------- data patches
+
+
+def _data_patch(path, **override):
+    """A 2-bin, 8 x 8 data patch at 4'/pixel, masked in one corner; ``override`` replaces HDUs."""
+    shape = (2, 8, 8)
+    mask = np.ones(shape, np.uint8)
+    mask[:, :2, :3] = 0
+    sigma = np.where(mask > 0, 0.05, 0.0)
+    g1 = np.where(mask > 0, 0.01, 0.0)
+    images = {"G1": g1, "G2": -g1, "SIGMA": sigma, "MASK": mask, "NGAL": 3 * mask}
+    images.update(override)
+    write_fits(path, [image_hdu(k, v, tan_header(30.0, -20.0, 8, 4.0)) for k, v in images.items()])
+
+
+def test_read_data_patch(tmp_path):
+    path = tmp_path / "patch_0007.fits"
+    _data_patch(path)
+    images, wcs = io.read_data_patch(path, 4.0)
+    assert set(images) == set(io.DATA_HDUS)
+    assert all(a.dtype == np.float64 and a.shape == (2, 8, 8) for a in images.values())
+    assert images["MASK"].sum() == 2 * (64 - 6)
+    assert abs(wcs["CDELT2"]) * 60 == pytest.approx(4.0, rel=1e-9)  # float64 card round trip
+    io.read_data_patch(path)  # no scale given: not checked
+    with pytest.raises(ProductError, match=r"patch_0007.fits: pixel scale 4 arcmin .* = 2"):
+        io.read_data_patch(path, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # the count of bad observed pixels and the HDU are named
+        ({"SIGMA": np.zeros((2, 8, 8))}, r"HDU SIGMA is not > 0 .* in 116 observed pixels"),
+        ({"G2": np.full((2, 8, 8), np.nan)}, r"HDU G2 has 116 non-finite observed pixels"),
+        ({"MASK": np.full((2, 8, 8), 2, np.uint8)}, r"HDU MASK has 128 values other than 0"),
+        ({"G1": np.zeros((2, 8, 7))}, r"HDU G2 has shape \(2, 8, 8\), G1 has \(2, 8, 7\)"),
+    ],
+)
+def test_read_data_patch_refuses_bad_patches(tmp_path, override, message):
+    path = tmp_path / "patch_0003.fits"
+    _data_patch(path, **override)
+    with pytest.raises(ProductError, match="patch_0003.fits: " + message):
+        io.read_data_patch(path)
+
+
+def test_read_data_patch_names_a_missing_hdu(tmp_path):
+    path = tmp_path / "patch_0004.fits"
+    wcs = tan_header(30.0, -20.0, 8, 4.0)
+    write_fits(path, [image_hdu(k, np.zeros((1, 8, 8)), wcs) for k in ("G1", "G2", "MASK")])
+    with pytest.raises(
+        ProductError, match=r"patch_0004.fits: no HDU \['SIGMA'\] \(found \['G1', 'G2', 'MASK'\]\)"
+    ):
+        io.read_data_patch(path)

@@ -25,6 +25,7 @@ from typing import Any
 import fitsio
 import h5py
 import numpy as np
+from astropy.io import fits
 
 from .catalogue import (
     SHEARED_SELECTIONS,
@@ -34,9 +35,14 @@ from .catalogue import (
     check_radians,
     quality_cuts,
 )
-from .products import atomic_output
+from .products import ProductError, atomic_output, celestial_wcs
+
+#: Image HDUs of a data patch that the reconstructions read (NGAL is informative only).
+DATA_HDUS = ("G1", "G2", "SIGMA", "MASK")
 
 __all__ = [
+    "DATA_HDUS",
+    "read_data_patch",
     "DESY3Files",
     "FITS_COLUMNS",
     "desy3_response_sums",
@@ -454,3 +460,75 @@ def write_fits_catalogue(
             f[-1].write_checksum()
     log.info("wrote %d galaxies to %s", n, path)
     return n
+
+
+def read_data_patch(
+    path: str | os.PathLike, pixel_scale_arcmin: float | None = None
+) -> tuple[dict[str, np.ndarray], fits.Header]:
+    """Read and check a data patch: ``({G1, G2, SIGMA, MASK: [bin, row, col]}, WCS header)``.
+
+    The reader of the ``pixelise`` products ``results/data/patch_{id}.fits``
+    (docs/architecture.md), used by the posterior and baseline stages. Arrays are float64;
+    the header holds the TAN WCS cards of the G1 extension
+    (:func:`kappadiff.products.celestial_wcs`).
+
+    Parameters
+    ----------
+    path
+        The data patch.
+    pixel_scale_arcmin
+        Expected pixel side (arcmin), checked against CDELT2 to 1e-6 relative; None: not
+        checked.
+
+    Raises
+    ------
+    ProductError
+        Naming the file and HDU: missing HDUs, shapes that differ, a MASK other than
+        0/1, non-finite shear or non-positive SIGMA in observed pixels, or a pixel scale
+        that differs from the configuration's.
+    """
+    images: dict[str, np.ndarray] = {}
+    with fits.open(path, memmap=False) as hdul:
+        names = [h.name for h in hdul[1:]]
+        missing = [n for n in DATA_HDUS if n not in names]
+        if missing:
+            raise ProductError(f"{path}: no HDU {missing} (found {names})")
+        for name in DATA_HDUS:
+            images[name] = np.asarray(hdul[name].data, dtype=np.float64)
+        source = hdul["G1"].header
+        wcs = celestial_wcs(source, path)
+    shape = images["G1"].shape
+    for name, arr in images.items():
+        if arr.ndim != 3 or arr.shape != shape:
+            raise ProductError(f"{path}: HDU {name} has shape {arr.shape}, G1 has {shape}")
+    mask = images["MASK"]
+    odd = ~np.isin(mask, (0.0, 1.0))
+    if odd.any():
+        raise ProductError(f"{path}: HDU MASK has {int(odd.sum())} values other than 0 and 1")
+    observed = mask > 0
+    for name in ("G1", "G2"):
+        bad = observed & ~np.isfinite(images[name])
+        if bad.any():
+            raise ProductError(
+                f"{path}: HDU {name} has {int(bad.sum())} non-finite observed pixels"
+            )
+    bad = observed & ~(images["SIGMA"] > 0)
+    if bad.any():
+        raise ProductError(
+            f"{path}: HDU SIGMA is not > 0 (or not finite) in {int(bad.sum())} observed pixels"
+        )
+    scale = abs(float(wcs["CDELT2"])) * 60.0
+    if pixel_scale_arcmin is not None and not np.isclose(scale, pixel_scale_arcmin, rtol=1e-6):
+        raise ProductError(
+            f"{path}: pixel scale {scale:.6g} arcmin (CDELT2) differs from "
+            f"layout.pixel_scale_arcmin = {pixel_scale_arcmin}"
+        )
+    log.info(
+        "%s: %d bins of %d x %d px, %.1f %% of pixels observed",
+        path,
+        shape[0],
+        shape[1],
+        shape[2],
+        100 * observed.mean(),
+    )
+    return images, wcs

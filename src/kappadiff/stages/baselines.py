@@ -20,9 +20,9 @@ import numpy as np
 from astropy.io import fits
 
 from .. import lensing, stats
+from ..catalogue_io import read_data_patch
 from ..products import (
     ProductError,
-    celestial_wcs,
     image_hdu,
     provenance,
     read_table,
@@ -34,7 +34,6 @@ __all__ = [
     "MEASURED",
     "kaiser_squires_patch_file",
     "measure_signal_power",
-    "read_data_patch",
     "read_signal_power",
     "signal_power_path",
     "wiener_patch_file",
@@ -46,7 +45,6 @@ log = logging.getLogger(__name__)
 MEASURED = "measured"
 
 #: Data-patch HDUs the baselines read.
-DATA_HDUS = ("G1", "G2", "SIGMA", "MASK")
 
 #: Cut-outs transformed at once while measuring the signal power (bounds the memory).
 CUTOUT_CHUNK = 32
@@ -147,64 +145,6 @@ def read_signal_power(path: str | os.PathLike, n_bins: int) -> tuple[np.ndarray,
     if bad.any():
         raise ProductError(f"{path}: {int(bad.sum())} CL_BIN values are <= 0 or NaN")
     return ell, cl
-
-
-def read_data_patch(
-    path: str | os.PathLike, pixel_scale_arcmin: float
-) -> tuple[dict[str, np.ndarray], fits.Header]:
-    """Read and check a data patch: ``({G1, G2, SIGMA, MASK: [bin, row, col]}, WCS header)``.
-
-    Raises
-    ------
-    ProductError
-        Naming the file and HDU: missing HDUs, shapes that differ, a MASK other than
-        0/1, non-finite shear or non-positive SIGMA in observed pixels, or a pixel scale
-        that differs from the configuration's.
-    """
-    images: dict[str, np.ndarray] = {}
-    with fits.open(path, memmap=False) as hdul:
-        names = [h.name for h in hdul[1:]]
-        for name in DATA_HDUS:
-            if name not in names:
-                raise ProductError(f"{path}: no HDU '{name}' (found {names})")
-            images[name] = np.asarray(hdul[name].data, dtype=np.float64)
-        source = hdul["G1"].header
-        wcs = celestial_wcs(source, path)
-    shape = images["G1"].shape
-    for name, arr in images.items():
-        if arr.ndim != 3 or arr.shape != shape:
-            raise ProductError(f"{path}: HDU {name} has shape {arr.shape}, G1 has {shape}")
-    mask = images["MASK"]
-    odd = ~np.isin(mask, (0.0, 1.0))
-    if odd.any():
-        raise ProductError(f"{path}: HDU MASK has {int(odd.sum())} values other than 0 and 1")
-    observed = mask > 0
-    for name in ("G1", "G2"):
-        bad = observed & ~np.isfinite(images[name])
-        if bad.any():
-            raise ProductError(
-                f"{path}: HDU {name} has {int(bad.sum())} non-finite observed pixels"
-            )
-    bad = observed & ~(images["SIGMA"] > 0)
-    if bad.any():
-        raise ProductError(
-            f"{path}: HDU SIGMA is not > 0 (or not finite) in {int(bad.sum())} observed pixels"
-        )
-    scale = abs(float(wcs["CDELT2"])) * 60.0
-    if not np.isclose(scale, pixel_scale_arcmin, rtol=1e-6):
-        raise ProductError(
-            f"{path}: pixel scale {scale:.6g} arcmin (CDELT2) differs from "
-            f"layout.pixel_scale_arcmin = {pixel_scale_arcmin}"
-        )
-    log.info(
-        "%s: %d bins of %d x %d px, %.1f %% of pixels observed",
-        path,
-        shape[0],
-        shape[1],
-        shape[2],
-        100 * observed.mean(),
-    )
-    return images, wcs
 
 
 def kaiser_squires_patch_file(

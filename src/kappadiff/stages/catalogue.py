@@ -136,14 +136,16 @@ def mock_memory_mb(config: Mapping[str, Any]) -> int:
 def pixelise_memory_mb(config: Mapping[str, Any]) -> int:
     """Memory (MB) of the ``pixelise`` job, for the rule's ``mem_mb``.
 
-    The accumulator budget, a chunk of galaxies and its galaxy-patch pairs (~ 30 float64 or
-    int64 arrays of up to 3 pairs a galaxy), the 4 convergence maps of a mock (float32, read
-    for the truth cut-outs) and 500 MB for the interpreter.
+    Twice the budget (buffered records and the first group's accumulator coexist when the
+    records outgrow it: :func:`kappadiff.catalogue.pixelise_catalogue`), a chunk of galaxies
+    and its galaxy-patch pairs (~ 30 float64 or int64 arrays of up to 3 pairs a galaxy), the
+    4 convergence maps of a mock (float32, read for the truth cut-outs) and 500 MB for the
+    interpreter.
     """
     cat = config["catalogue"]
     chunk = 30 * 8 * 3 * cat["chunk_size"]
     maps = 4 * 4 * 12 * config["sims"]["nside"] ** 2 if cat["source"] == "mock" else 0
-    return int(cat["memory_mb"] + (chunk + maps) / 2**20) + 500
+    return int(2 * cat["memory_mb"] + (chunk + maps) / 2**20) + 500
 
 
 def _grid(config: Mapping[str, Any], layout_path: str | os.PathLike) -> tuple[PatchGrid, Any]:

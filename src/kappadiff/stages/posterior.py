@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from astropy.io import fits
 
+from ..catalogue_io import read_data_patch
 from ..diffusion.checkpoint import load_prior
 from ..diffusion.dps import TrajectoryDiagnostic, chi2, dps_guidance, shear_data
 from ..diffusion.sampler import ddim_sample, timestep_sequence
 from ..products import (
     ProductError,
     atomic_output,
-    celestial_wcs,
     file_hash,
     image_hdu,
     provenance,
@@ -44,7 +44,6 @@ __all__ = ["posterior_seed", "prepare_network", "sample_patch", "sampling_params
 
 log = logging.getLogger(__name__)
 
-DATA_HDUS = ("G1", "G2", "SIGMA", "MASK")
 PRECISIONS = {"fp32": None, "tf32": None, "bf16": torch.bfloat16}
 
 
@@ -65,18 +64,6 @@ def sampling_params(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     sampling = {k: v for k, v in config["sampling"].items() if k != "patches"}
     return {"seed": config["seed"], "sampling": sampling}
-
-
-def _read_patch(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], fits.Header]:
-    """The shear HDUs of a data patch and the TAN WCS cards of its G1 extension."""
-    with fits.open(path, memmap=False) as hdul:
-        names = [h.name for h in hdul[1:]]
-        missing = [n for n in DATA_HDUS if n not in names]
-        if missing:
-            raise ProductError(f"{path}: no HDU {missing} (found {names})")
-        arrays = {n: np.asarray(hdul[n].data, dtype=np.float64) for n in DATA_HDUS}
-        wcs = celestial_wcs(hdul["G1"].header, path)
-    return arrays, wcs
 
 
 class _Autocast(torch.nn.Module):
@@ -210,7 +197,7 @@ def sample_patch(
     output_path = Path(output_path)
     device = _device(s["device"])
 
-    arrays, wcs = _read_patch(data_path)
+    arrays, wcs = read_data_patch(data_path)
     data = shear_data(
         arrays["G1"],
         arrays["G2"],
@@ -316,9 +303,8 @@ def sample_patch(
         "SHPAD": int(s["shear_pad"]),
         "RUNTIME": round(time.perf_counter() - t_start, 2),
         "DEVICE": device.type,
+        "ZETA": float(s["zeta"]),
     }
-    if s["step"] == "normalised":
-        cards["ZETA"] = float(s["zeta"])
     for b in range(n_bins):
         if s["scaled"]:
             cards[f"TBAR{b + 1}"] = float(t_bar[b])
