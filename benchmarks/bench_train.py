@@ -71,6 +71,37 @@ def throughput(name: str, batch: int, steps: int, warmup: int, device: torch.dev
     return batch / per_step
 
 
+def bf16_agreement(name: str, batch: int, device: torch.device) -> None:
+    """Loss and gradient of one batch under bf16 autocast against fp32, same weights."""
+    unet, npix = NETWORKS[name]
+    settings = TrainSettings(
+        steps=1, batch_size=batch, lr=1e-4, warmup_steps=0, weight_decay=0.0,
+        ema_decay=0.995, grad_clip=1.0, min_snr_gamma=5.0, bf16=True, seed=0,
+    )  # fmt: skip
+    state = new_state(unet, settings, device)
+    schedule = make_schedule().to(device)
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randn(batch, 4, npix, npix, generator=gen).to(device)
+    t, noise = step_noise(settings, schedule, 0, tuple(x0.shape))
+    t, noise = t.to(device), noise.to(device)
+    out = {}
+    for bf16 in (False, True):
+        state.model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            value = loss(state.model, schedule, x0, t, noise, 5.0)
+        value.backward()
+        grad = torch.cat([p.grad.flatten().float() for p in state.model.parameters()])
+        out[bf16] = (float(value.detach()), grad)
+    (l32, g32), (l16, g16) = out[False], out[True]
+    cos = float(torch.nn.functional.cosine_similarity(g32, g16, dim=0))
+    rel = float((g16 - g32).norm() / g32.norm())
+    print(
+        f"{name:8s} bf16 vs fp32, batch {batch}: loss {l16:.5f} vs {l32:.5f} "
+        f"(relative {abs(l16 - l32) / l32:.2e}); gradient cosine {cos:.5f}, "
+        f"relative difference {rel:.3f}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -79,6 +110,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--batch", type=int, default=0, help="batch (0: 8/2 on CPU, 24 on GPU)")
     ap.add_argument("--networks", nargs="+", default=["default", "paper"])
+    ap.add_argument("--bf16-check", action="store_true", help="compare bf16 and fp32 gradients")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -86,6 +118,8 @@ def main() -> None:
     for name in args.networks:
         batch = args.batch or {"cpu": {"default": 8, "paper": 2}}.get(device.type, {}).get(name, 24)
         throughput(name, batch, args.steps, warmup=args.warmup, device=device)
+        if args.bf16_check:
+            bf16_agreement(name, batch, device)
 
 
 if __name__ == "__main__":

@@ -146,15 +146,15 @@ def _chi2_half(data, x_t, c, s):
     return 0.5 * chi2(s * c * x_t, data).sum()
 
 
-@pytest.mark.parametrize("scaled", [True, False])
-def test_beta_step_is_scale_times_beta_times_gradient(rng, scaled):
+@pytest.mark.parametrize(("scaled", "zeta"), [(True, 1.0), (False, 1.0), (True, 3.0)])
+def test_beta_step_is_scale_times_beta_times_gradient(rng, scaled, zeta):
     data, schedule, x_t = _guidance_inputs(rng)
     c, s = 0.7, 0.02  # x̂0 = c x_t, κ = s x̂0
     steps = timestep_sequence(1000, 50)
     t, t_next = steps[20], steps[21]
     g = dps_guidance(
         data, lambda x: s * x, schedule.alphas_cumprod, steps,
-        scaled=scaled, t_bar=[t, t - 40], sigma_t=20.0,
+        scaled=scaled, t_bar=[t, t - 40], sigma_t=20.0, zeta=zeta,
     )  # fmt: skip
     x_in = x_t.clone().requires_grad_(True)
     corr = g(x_in, t, ScaledIdentity(c)(x_in))
@@ -164,7 +164,7 @@ def test_beta_step_is_scale_times_beta_times_gradient(rng, scaled):
     abar = schedule.alphas_cumprod.double()
     beta = 1 - abar[t] / abar[t_next]
     a = torch.tensor([0.5, 1 / (1 + np.exp(2.0))]) if scaled else torch.ones(2)
-    want = (a.view(1, 2, 1, 1) * beta * grad).float()
+    want = (zeta * a.view(1, 2, 1, 1) * beta * grad).float()
     # float32 χ² gradient against float64: 1e-4 relative
     torch.testing.assert_close(corr, want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
     assert not corr.requires_grad

@@ -5,7 +5,8 @@ diffusion (:func:`kappadiff.diffusion.sampler.ddim_sample`), to which this modul
 likelihood step: at each timestep the gradient of ``χ²/2`` (eq. 3 of Boruah et al. 2025),
 evaluated at the Tweedie estimate ``x̂0(x_t)`` and taken through the network with respect to
 ``x_t`` (Chung et al. 2023), is subtracted with a per-bin step. The step is the reference
-form ``A_b(t) β_t`` with the likelihood scaling ``A_b(t) = sigmoid((t̄_b − t)/σ_t,b)``, or
+form ``ζ A_b(t) β_t`` (ζ = 1 in the reference) with the likelihood scaling
+``A_b(t) = sigmoid((t̄_b − t)/σ_t,b)``, or
 ``A ≡ 1`` (plain DPS, which the paper shows to be biased), or the normalised step
 ``ζ / ‖y − A(x̂0)‖`` of Chung et al.
 
@@ -235,12 +236,14 @@ def dps_guidance(
     t_bar, sigma_t
         ``t̄`` and ``σ_t`` of ``A(t)``, one value or one per bin (timesteps).
     step
-        ``"beta"``: step ``A_b(t) β_eff(t)`` on the gradient of χ²/2 (the reference
-        implementation of Boruah et al.); ``"normalised"``: step ``A_b(t) ζ/‖r‖`` on the
+        ``"beta"``: step ``ζ A_b(t) β_eff(t)`` on the gradient of χ²/2 (ζ = 1 is the
+        reference implementation of Boruah et al.); ``"normalised"``: step ``A_b(t) ζ/‖r‖`` on the
         gradient of ``‖r‖² = χ²``, with ``‖r‖`` the whitened residual norm of each sample
         over all bins, held constant (Chung et al. 2023, Algorithm 1).
     zeta
-        ``ζ`` of the normalised step (dimensionless; Chung et al. use 0.1–1).
+        ``ζ``: multiplier of the ``"beta"`` step (1 for the reference; larger values weight
+        the likelihood more where ``A_b(t) > 0``), or the step size of the normalised step
+        (dimensionless; Chung et al. use 0.1–1).
     pad
         Zero padding of the flat-sky operator, pixels per side.
 
@@ -292,7 +295,7 @@ def dps_guidance(
             c2 = chi2(to_kappa(x0_hat.float()), data, pad=pad)  # [B, bin]
         (grad,) = torch.autograd.grad(0.5 * c2.sum(), x_t)
         if step == "beta":
-            factor = (scale * beta_eff[ti]).view(1, n_bins, 1, 1)
+            factor = (zeta * beta_eff[ti] * scale).view(1, n_bins, 1, 1)
         else:
             # ζ/‖r‖ on ∇‖r‖² = 2 ∇(χ²/2); ‖r‖ per sample over all bins
             norm = c2.detach().sum(dim=-1).clamp_min(1e-30).sqrt()  # [B]
