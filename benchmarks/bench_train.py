@@ -79,6 +79,12 @@ def bf16_agreement(name: str, batch: int, device: torch.device) -> None:
         ema_decay=0.995, grad_clip=1.0, min_snr_gamma=5.0, bf16=True, seed=0,
     )  # fmt: skip
     state = new_state(unet, settings, device)
+    # the zero-initialised output convolutions would leave only the head with a gradient
+    # (and the loss exactly equal): give every parameter a trained-like spread first
+    with torch.no_grad():
+        for p in state.model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()))
+                   .to(device))  # fmt: skip
     schedule = make_schedule().to(device)
     gen = torch.Generator().manual_seed(1)
     x0 = torch.randn(batch, 4, npix, npix, generator=gen).to(device)
