@@ -176,3 +176,23 @@ def test_choose_scaling_joint_and_per_bin():
     np.testing.assert_array_equal(per.sigma_t, [20.0, 20.0, 50.0, 20.0])
     with pytest.raises(ValueError, match="shape"):
         choose_scaling(cands, errs, n_bin=4, per_bin=False)
+
+
+def test_choose_scaling_takes_the_most_accurate_calibrated_run():
+    cands = [(500.0, 20.0), (900.0, 20.0), (1000.0, 20.0)]
+    # the first run is best calibrated but barely uses the data (prior-like, large loss)
+    errors, loss = np.array([0.03, 0.08, 0.2]), np.array([1.0, 0.6, 0.4])
+    joint = choose_scaling(cands, errors, 4, per_bin=False, loss=loss, tolerance=0.1)
+    np.testing.assert_array_equal(joint.t_bar, [900.0] * 4)
+    np.testing.assert_array_equal(joint.max_error, [0.08] * 4)
+    # tolerance 0 (or no loss): calibration alone, as before
+    assert choose_scaling(cands, errors, 4, False, loss, 0.0).t_bar[0] == 500.0
+    assert choose_scaling(cands, errors, 4, False, None, 0.1).t_bar[0] == 500.0
+    # nothing calibrated: fall back to the best calibrated run
+    assert choose_scaling(cands, errors + 0.5, 4, False, loss, 0.1).t_bar[0] == 500.0
+    # per bin: bin 2 has no calibrated run with a lower loss than run 0
+    errs = np.array([[0.05, 0.05], [0.05, 0.3], [0.3, 0.3]])
+    per = choose_scaling(cands, errs, 2, True, np.array([[3.0, 3.0], [2.0, 2.0], [1.0, 1.0]]), 0.1)
+    np.testing.assert_array_equal(per.candidate, [1, 0])
+    with pytest.raises(ValueError, match="loss has shape"):
+        choose_scaling(cands, errors, 4, False, loss[:2], 0.1)

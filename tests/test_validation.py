@@ -21,6 +21,7 @@ def _config(npix=16, **overrides):
         "t_bar": [300, 500],
         "sigma_t": [20],
         "per_bin": False,
+        "tarp_tolerance": 0.1,
         "n_references": 2,
         "n_regions": 4,
         "block": 2,
@@ -211,6 +212,52 @@ def test_search_scaling_picks_the_calibrated_run_and_the_tuned_figure(tmp_path, 
         summary = hdul["SUMMARY"].data
         tuned = summary[(summary["run"] == "tuned") & (summary["bin"] == 0)]
         assert np.all(tuned["t_bar"] == 500.0)
+
+
+def test_search_scaling_prefers_the_informative_calibrated_run(tmp_path, rng):
+    """Prior samples pass TARP with prior references; the search must not take them."""
+    config = _config()
+    n_patch = 6
+    mu = rng.normal(0.0, 2.0, size=(n_patch, N_BINS, 16, 16))
+    truth = mu + rng.normal(size=mu.shape)
+    runs = {
+        # likelihood switched on too late: samples from the prior N(0, 5), calibrated
+        "t500_s20": rng.normal(0.0, np.sqrt(5.0), size=(8, *mu.shape)),
+        # the posterior N(mu, 1): calibrated and close to the truth
+        "t900_s20": mu + rng.normal(size=(8, *mu.shape)),
+    }
+    truth_paths = [tmp_path / f"truth_{p}.fits" for p in range(n_patch)]
+    for p, path in enumerate(truth_paths):
+        write_kappa(path, truth[p])
+    paths, scalings = {}, {}
+    for run, samples in runs.items():
+        scalings[run] = {"scaled": True, "t_bar": float(run[1:4]), "sigma_t": 20.0}
+        paths[run] = [tmp_path / f"{run}_{p}.fits" for p in range(n_patch)]
+        for p, path in enumerate(paths[run]):
+            write_run(path, samples[:, p], scalings[run])
+    write_kappa(tmp_path / "refs.fits", rng.normal(0.0, np.sqrt(5.0), size=(4, N_BINS, 16, 16)))
+    val.search_scaling(
+        paths, scalings, truth_paths, tmp_path / "refs.fits",
+        tmp_path / "scaling.fits", tmp_path / "search.fits", config,
+    )  # fmt: skip
+    assert val.read_scaling(tmp_path / "scaling.fits")["t_bar"] == [900.0] * N_BINS
+    with fits.open(tmp_path / "search.fits") as hdul:
+        summary = hdul["SUMMARY"].data
+    joint = summary[(summary["refs"] == "prior") & (summary["bin"] == 0)]
+    err = dict(zip(joint["run"], joint["max_error"], strict=True))
+    mse = dict(zip(joint["run"], joint["mean_mse"], strict=True))
+    assert max(err.values()) < 0.1  # both calibrated (96 sims: ECP sd ≈ 0.05)
+    # truth² ≈ 5 a pixel; mean of 8 prior samples: (5 + 5/8)/5 ≈ 1.1; posterior mean:
+    # (1 + 1/8)/5 ≈ 0.23
+    assert mse["t500_s20"] > 0.9 and mse["t900_s20"] < 0.4
+    # with tolerance 0 the best calibrated run is taken, whichever it is
+    config0 = _config(tarp_tolerance=0.0)
+    val.search_scaling(
+        paths, scalings, truth_paths, tmp_path / "refs.fits",
+        tmp_path / "scaling0.fits", tmp_path / "search0.fits", config0,
+    )  # fmt: skip
+    best = min(err, key=err.get)
+    assert val.read_scaling(tmp_path / "scaling0.fits")["t_bar"] == [float(best[1:4])] * N_BINS
 
 
 def test_search_scaling_per_bin(tmp_path, rng):

@@ -398,8 +398,10 @@ def choose_scaling(
     errors: np.ndarray,
     n_bin: int,
     per_bin: bool,
+    loss: np.ndarray | None = None,
+    tolerance: float = 0.0,
 ) -> ScalingChoice:
-    """Pick the A(t) parameters with the best TARP calibration.
+    """Pick the A(t) parameters: the most accurate among the calibrated, else the best calibrated.
 
     Parameters
     ----------
@@ -411,12 +413,27 @@ def choose_scaling(
     n_bin
         Number of tomographic bins.
     per_bin
-        Choose per bin (each bin its own best candidate) or one pair for all bins.
+        Choose per bin (each bin its own candidate) or one pair for all bins.
+    loss
+        Accuracy of each run on the mocks, shaped like ``errors``, lower is better (e.g. the
+        mean squared error of the posterior mean against the truth). ``None``: calibration
+        alone decides.
+    tolerance
+        Runs with ``errors <= tolerance`` count as calibrated; among them the lowest ``loss``
+        wins. When none is calibrated (or ``loss`` is None) the lowest ``errors`` wins.
 
     Returns
     -------
     ScalingChoice
         Ties go to the earlier candidate.
+
+    Notes
+    -----
+    TARP with prior references cannot tell the prior from the posterior: a run whose
+    likelihood step is switched off too long returns prior samples, which are calibrated
+    but carry no information from the data. Calibration is therefore a constraint and
+    accuracy the objective ("maximise sharpness subject to calibration", Gneiting et al.
+    2007).
     """
     cand = np.asarray(candidates, dtype=np.float64).reshape(-1, 2)
     errors = np.asarray(errors, dtype=np.float64)
@@ -425,10 +442,27 @@ def choose_scaling(
         raise ValueError(f"errors have shape {errors.shape}, expected {expected}")
     if not np.all(np.isfinite(errors)):
         raise ValueError(f"{int(np.sum(~np.isfinite(errors)))} calibration errors are not finite")
+    if loss is not None:
+        loss = np.asarray(loss, dtype=np.float64)
+        if loss.shape != expected:
+            raise ValueError(f"loss has shape {loss.shape}, expected {expected}")
+        if not np.all(np.isfinite(loss)):
+            raise ValueError(f"{int(np.sum(~np.isfinite(loss)))} loss values are not finite")
+    if tolerance < 0:
+        raise ValueError(f"tolerance = {tolerance} must be >= 0")
+
+    def pick(err: np.ndarray, acc: np.ndarray | None) -> int:
+        ok = err <= tolerance
+        if acc is None or not ok.any():
+            return int(np.argmin(err))
+        return int(np.argmin(np.where(ok, acc, np.inf)))
+
     if per_bin:
-        best = np.argmin(errors, axis=0)
+        best = np.array(
+            [pick(errors[:, b], None if loss is None else loss[:, b]) for b in range(n_bin)]
+        )
         err = errors[best, np.arange(n_bin)]
     else:
-        best = np.full(n_bin, int(np.argmin(errors)))
+        best = np.full(n_bin, pick(errors, loss))
         err = np.full(n_bin, errors[best[0]])
     return ScalingChoice(cand[best, 0], cand[best, 1], best, err)
