@@ -69,6 +69,16 @@ def check_config(config: Mapping[str, Any]) -> None:
             f"{layout['pixel_scale_arcmin']}' = {expected:.6g} deg"
         )
 
+    # the validation samples the data patches of the mock: they must be made
+    wanted = config.get("sampling", {}).get("patches", "all")
+    if wanted != "all" and "validation" in config:
+        missing = sorted(set(config["validation"]["patches"]) - set(wanted))
+        if missing:
+            raise ConfigError(
+                f"validation.patches {missing} are not among sampling.patches {list(wanted)}: "
+                "the validation runs on data patches the pipeline makes"
+            )
+
 
 def config_hash(config: Mapping[str, Any]) -> str:
     """Short stable hash of a configuration, written to every product header."""
