@@ -3,7 +3,9 @@
 Draws unconditional DDIM samples from ``model.pt`` and compares, per tomographic bin,
 - the mean power spectrum C_ℓ (ratio samples / held-out over all ℓ bins of the patch),
 - the one-point κ PDF and the peak counts, in units of the held-out set's standard error
-  (χ = difference of means / combined standard error of the two means, per histogram bin).
+  (χ = difference of means / combined standard error of the two means, per histogram bin)
+  and of the held-out set's scatter (difference of means / standard deviation of one held-out
+  cut-out's histogram, "max|d|/sd").
 Prints the figures and writes a PNG.
 
     python benchmarks/bench_prior_quality.py --model results/prior/model.pt \
@@ -72,6 +74,12 @@ def chi(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(se > 0, (a.mean(0) - b.mean(0)) / np.where(se > 0, se, 1), 0.0)
 
 
+def scatter_units(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Difference of the means of a and b over axis 0 in units of b's scatter (one map's)."""
+    sd = b.std(0, ddof=1)
+    return np.where(sd > 0, (a.mean(0) - b.mean(0)) / np.where(sd > 0, sd, 1), 0.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -124,6 +132,8 @@ def main() -> None:
         _, k_s = stats.peak_counts(samples[:, b], pk_edges)
         _, k_h = stats.peak_counts(held[:, b], pk_edges)
         c_pdf, c_pk = chi(p_s, p_h), chi(k_s.astype(float), k_h.astype(float))
+        u_pdf = scatter_units(p_s, p_h)
+        u_pk = scatter_units(k_s.astype(float), k_h.astype(float))
         rows.append(
             (
                 b,
@@ -134,17 +144,19 @@ def main() -> None:
                 np.abs(c_pk).max(),
                 np.mean(np.abs(c_pk) < 2),
                 samples[:, b].std() / held[:, b].std(),
+                np.abs(u_pdf).max(),
+                np.abs(u_pk).max(),
             )
         )
     print(f"ell range {ell[0]:.0f}-{ell[-1]:.0f} ({len(ell)} bins)")
     print(
         "bin  max|Cl ratio-1|  median|..|  PDF max|chi|  PDF frac|chi|<2  "
-        "peaks max|chi|  peaks frac|chi|<2  std ratio"
+        "peaks max|chi|  peaks frac|chi|<2  std ratio  PDF max|d|/sd  peaks max|d|/sd"
     )
     for r in rows:
         print(
             f"{r[0] + 1:3d}  {r[1]:15.3f}  {r[2]:10.3f}  {r[3]:12.2f}  {r[4]:15.2f}  "
-            f"{r[5]:14.2f}  {r[6]:17.2f}  {r[7]:9.3f}"
+            f"{r[5]:14.2f}  {r[6]:17.2f}  {r[7]:9.3f}  {r[8]:12.2f}  {r[9]:14.2f}"
         )
     if args.png:
         import matplotlib
