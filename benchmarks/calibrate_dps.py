@@ -11,7 +11,9 @@ and Kaiser-Squires maps of the same shear are the baselines.
 Printed per setting and tomographic bin: ρ_c(ℓ) of the posterior mean in log ℓ bins (spectra
 averaged over the truths first, as in the validation stage), and the same for Wiener and KS;
 the mean χ²/dof of the samples on observed pixels; max |ECP − α| of TARP with prior references
-(all bins jointly and per bin); the worst |C_ℓ(samples)/C_ℓ(truth) − 1|. With ``--bf16-check``
+(all bins jointly and per bin); the worst |C_ℓ(samples)/C_ℓ(truth) − 1|; the largest
+departure of the trajectory diagnostic (:class:`kappadiff.diffusion.dps.TrajectoryDiagnostic`,
+rms of x_t over its expectation on the diffusion's marginals) from 1. With ``--bf16-check``
 the first setting is run again under bf16 autocast on the same seeds and the difference of the
 posterior means is printed in units of its Monte-Carlo error.
 
@@ -33,7 +35,7 @@ from astropy.io import fits
 
 from kappadiff import calibration, lensing, stats
 from kappadiff.diffusion.checkpoint import load_checkpoint, prior_from_state
-from kappadiff.diffusion.dps import chi2, dps_guidance, shear_data
+from kappadiff.diffusion.dps import TrajectoryDiagnostic, chi2, dps_guidance, shear_data
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
 from kappadiff.stages.baselines import read_signal_power
 from kappadiff.stages.posterior import prepare_network
@@ -65,7 +67,7 @@ def mock_shear(truth: np.ndarray, sigma: np.ndarray, mask: np.ndarray, seed: int
 
 
 def posterior(prior, network, g1, g2, sigma, mask, kw, args, device, seed):
-    """``[sample, bin, n, n]`` κ samples and χ²/dof ``[sample, bin]`` of one truth."""
+    """κ samples ``[sample, bin, n, n]``, χ²/dof ``[sample, bin]`` and drift ``[step]``."""
     data = shear_data(g1, g2, sigma, mask, device=device)
     steps = timestep_sequence(prior.schedule.T, args.n_steps)
     guidance = dps_guidance(
@@ -80,11 +82,14 @@ def posterior(prior, network, g1, g2, sigma, mask, kw, args, device, seed):
         zeta=kw["zeta"],
     )
     gen = torch.Generator(device=device).manual_seed(seed)
-    x = ddim_sample(network, prior.schedule, (args.n_samples, *g1.shape), steps, 1.0, gen, guidance)
+    diag = TrajectoryDiagnostic(prior.schedule.alphas_cumprod)
+    shape = (args.n_samples, *g1.shape)
+    x = ddim_sample(network, prior.schedule, shape, steps, args.eta, gen, guidance, diag)
     with torch.no_grad():
         kappa = prior.to_kappa(x.float())
         c2 = chi2(kappa, data) / data.dof.to(kappa.device)
-    return kappa.double().cpu().numpy(), c2.double().cpu().numpy()
+    drift = diag.drift().mean(axis=(1, 2))  # [step]: rms(x_t) over its marginal expectation
+    return kappa.double().cpu().numpy(), c2.double().cpu().numpy(), drift
 
 
 def tarp_errors(samples, truth, refs, seed):
@@ -116,6 +121,7 @@ def main() -> None:
     ap.add_argument("--n-truth", type=int, default=16)
     ap.add_argument("--n-samples", type=int, default=32)
     ap.add_argument("--n-steps", type=int, default=50)
+    ap.add_argument("--eta", type=float, default=1.0, help="DDIM eta of the DPS runs")
     ap.add_argument("--n-references", type=int, default=64)
     ap.add_argument("--n-ell", type=int, default=8)
     ap.add_argument("--setting", action="append", required=True, help="name:key=value,...")
@@ -142,7 +148,7 @@ def main() -> None:
     n_bins, npix = truth.shape[1], truth.shape[-1]
     print(
         f"device {device}, prior step {prior.step}, {len(truth)} truths x {args.n_samples} "
-        f"samples, {args.n_steps} steps, {args.precision}; "
+        f"samples, {args.n_steps} steps, eta {args.eta}, {args.precision}; "
         f"{100 * mask.mean():.0f}% of pixels observed"
     )
 
@@ -174,7 +180,7 @@ def main() -> None:
         steps = timestep_sequence(prior.schedule.T, args.n_steps)
         refs = prior.to_kappa(
             ddim_sample(prior.model, prior.schedule, (args.n_references, n_bins, npix, npix),
-                        steps, 1.0, gen)
+                        steps, args.eta, gen)
         )  # fmt: skip
         refs = refs.double().cpu().numpy()
 
@@ -195,6 +201,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         samples = np.stack([o[0] for o in out], axis=1)  # [S, N, bin, n, n]
         c2 = np.stack([o[1] for o in out], axis=1)
+        drift = np.mean([o[2] for o in out], axis=0)
         mean = samples.mean(axis=0)
         means[name] = (mean, samples.std(axis=0))
         _, rho_m = rho(mean)
@@ -205,7 +212,8 @@ def main() -> None:
         print(
             f"\n[{name}] {kw} {precision}: {seconds:.1f} s, "
             f"{len(truth) * args.n_samples / seconds:.2f} samples/s; "
-            f"TARP max|ECP-a| joint {tarp[0]:.3f}, bins {np.round(tarp[1:], 3).tolist()}"
+            f"TARP max|ECP-a| joint {tarp[0]:.3f}, bins {np.round(tarp[1:], 3).tolist()}; "
+            f"drift max|rms(x_t)/expected - 1| {np.abs(drift - 1).max():.3f}"
         )
         for b in range(n_bins):
             hi = ell > 477
