@@ -431,9 +431,7 @@ def _load_runs(
         if len(paths) != len(truth_paths):
             raise ValueError(f"run {run}: {len(paths)} patches, but {len(truth_paths)} truths")
         samples = _read_samples(paths)
-        x, theta, pool = tarp_inputs(
-            samples, truth, ref_maps, int(v["n_regions"]), int(v["block"])
-        )
+        x, theta, pool = tarp_inputs(samples, truth, ref_maps, int(v["n_regions"]), int(v["block"]))
         results[run] = run_coverage(x, theta, pool, config)
         errors[run] = mean_error(samples.mean(axis=0), truth)
         log.info(
