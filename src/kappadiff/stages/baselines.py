@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 #: ``lensing.wiener_signal_power`` value that measures the spectrum from the cut-outs.
 MEASURED = "measured"
 
-#: Data-patch HDUs the baselines read.
-
 #: Cut-outs transformed at once while measuring the signal power (bounds the memory).
 CUTOUT_CHUNK = 32
 
