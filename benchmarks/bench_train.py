@@ -26,9 +26,9 @@ NETWORKS = {
 }
 
 
-def throughput(name: str, batch: int, steps: int, warmup: int, device: torch.device) -> float:
-    unet, npix = NETWORKS[name]
-    settings = TrainSettings(
+def settings_for(steps: int, batch: int) -> TrainSettings:
+    """Training settings of the benchmark (the default config's, without warm-up)."""
+    return TrainSettings(
         steps=steps,
         batch_size=batch,
         lr=1e-4,
@@ -40,6 +40,11 @@ def throughput(name: str, batch: int, steps: int, warmup: int, device: torch.dev
         bf16=True,
         seed=0,
     )
+
+
+def throughput(name: str, batch: int, steps: int, warmup: int, device: torch.device) -> float:
+    unet, npix = NETWORKS[name]
+    settings = settings_for(steps, batch)
     state = new_state(unet, settings, device)
     schedule = make_schedule().to(device)
     x0 = torch.randn(batch, 4, npix, npix, device=device)
@@ -74,10 +79,7 @@ def throughput(name: str, batch: int, steps: int, warmup: int, device: torch.dev
 def bf16_agreement(name: str, batch: int, device: torch.device) -> None:
     """Loss and gradient of one batch under bf16 autocast against fp32, same weights."""
     unet, npix = NETWORKS[name]
-    settings = TrainSettings(
-        steps=1, batch_size=batch, lr=1e-4, warmup_steps=0, weight_decay=0.0,
-        ema_decay=0.995, grad_clip=1.0, min_snr_gamma=5.0, bf16=True, seed=0,
-    )  # fmt: skip
+    settings = settings_for(1, batch)
     state = new_state(unet, settings, device)
     # the zero-initialised output convolutions would leave only the head with a gradient
     # (and the loss exactly equal): give every parameter a trained-like spread first
