@@ -130,6 +130,28 @@ def test_compare_statistics_against_known_answers(rng):
     np.testing.assert_array_equal(res["mean"]["peaks"], res["truth"]["peaks"])
 
 
+def test_ell_half_bootstrap_resamples_patches_alike_for_every_method(rng):
+    truth = rng.normal(size=(8, N_BINS, 16, 16))
+    noisy = truth + 2.0 * rng.normal(size=truth.shape)  # rho ~ 0.45, crossing 0.5 early
+    maps = {"truth": truth, "wiener": noisy, "mean": noisy.copy()}
+    pdf_edges = np.tile(np.linspace(-4, 4, 9), (N_BINS, 1))
+    peak_edges = np.tile(np.linspace(-1, 4, 6), (N_BINS, 1))
+    args = (np.ones_like(truth), 4.0, val.log_ell_bins(16, 4.0, 4), pdf_edges, peak_edges)
+    res = val.compare_statistics(maps, *args, n_bootstrap=50, seed=3)
+    boot_w, boot_m = res["wiener"]["ell_half_boot"], res["mean"]["ell_half_boot"]
+    assert boot_w.shape == (50, N_BINS)
+    # the same patch draws for every method: identical maps give identical resamplings
+    np.testing.assert_array_equal(boot_m, boot_w)
+    # and the draws do resample: 8 noisy patches do not give one ell_half 50 times
+    assert np.all(np.nanstd(boot_w, axis=0) > 0)
+    # 8 copies of one patch: every resampling is the whole set, so no scatter
+    same = {k: np.repeat(v[:1], 8, axis=0) for k, v in maps.items()}
+    res = val.compare_statistics(same, *args, n_bootstrap=20, seed=3)
+    np.testing.assert_allclose(
+        res["wiener"]["ell_half_boot"], np.broadcast_to(res["wiener"]["ell_half"], (20, N_BINS))
+    )
+
+
 def test_compare_statistics_uses_observed_pixels_only(rng):
     truth = rng.normal(size=(1, N_BINS, 16, 16))
     ks = truth.copy()
@@ -143,6 +165,21 @@ def test_compare_statistics_uses_observed_pixels_only(rng):
     )
     np.testing.assert_array_equal(res["ks"]["pdf"], res["truth"]["pdf"])
     np.testing.assert_array_equal(res["ks"]["peaks"], res["truth"]["peaks"])
+    # spectra of the observed pixels: a map equal to the truth where observed has rho = 1
+    # and the truth's C_l, whatever it holds in the masked half (whole-patch spectra would
+    # give rho ~ 0.7 here: half the truth's power is in the masked half)
+    np.testing.assert_allclose(res["ks"]["rho"], 1.0, atol=1e-12)
+    np.testing.assert_allclose(res["ks"]["cl"], res["truth"]["cl"], rtol=1e-12)
+    noisy = truth + np.where(mask == 0, 5.0 * rng.normal(size=truth.shape), 0.0)
+    res = val.compare_statistics(
+        {"truth": truth, "prior": noisy},
+        mask,
+        16.0,
+        val.log_ell_bins(16, 16.0, 4),
+        pdf_edges,
+        peak_edges,
+    )
+    np.testing.assert_allclose(res["prior"]["rho"], 1.0, atol=1e-12)
 
 
 def test_tarp_of_runs_separates_calibrated_and_overconfident(rng):

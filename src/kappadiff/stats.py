@@ -24,6 +24,7 @@ __all__ = [
     "pdf",
     "peak_counts",
     "power_spectrum_flat",
+    "rho_from_spectra",
 ]
 
 
@@ -154,9 +155,13 @@ def correlation_coefficient(
     if axes:
         axes = tuple(ax % lead for ax in axes)
         cab, caa, cbb = (c.mean(axis=axes) for c in (cab, caa, cbb))
+    return ell, rho_from_spectra(cab, caa, cbb)
+
+
+def rho_from_spectra(cab: np.ndarray, caa: np.ndarray, cbb: np.ndarray) -> np.ndarray:
+    """ρ_c = C_ab/√(C_aa C_bb) of (averaged) binned spectra; 0 where an auto-spectrum is 0."""
     denom = np.sqrt(caa * cbb)
-    rho = np.divide(cab, denom, out=np.zeros_like(cab), where=denom > 0)
-    return ell, rho
+    return np.divide(cab, denom, out=np.zeros_like(cab, dtype=np.float64), where=denom > 0)
 
 
 def crossing_ell(ell: np.ndarray, rho: np.ndarray, level: float = 0.5) -> np.ndarray:

@@ -650,6 +650,8 @@ def compare_statistics(
     ell_edges: np.ndarray,
     pdf_edges: np.ndarray,
     peak_edges: np.ndarray,
+    n_bootstrap: int = 200,
+    seed: int = 0,
 ) -> dict[str, dict[str, np.ndarray]]:
     """C_ℓ, ρ_c(ℓ) with the truth, ℓ₀.₅, PDF and peak counts of each method, per bin.
 
@@ -659,14 +661,19 @@ def compare_statistics(
         ``{"truth": [patch, bin, n, n], "samples": [sample, patch, bin, n, n], other
         method: [patch, bin, n, n]}``.
     mask
-        ``[patch, bin, n, n]``, 1 where observed: PDF and peaks use observed pixels only
-        (outside them KS is zero-filled and the posterior is the prior's).
+        ``[patch, bin, n, n]``, 1 where observed. Every statistic is of the observed pixels
+        only (outside them KS is zero-filled and the posterior is the prior's): spectra
+        are of the maps times the mask, truth and method alike (pseudo-spectra, which
+        equal the spectra on fully observed patches), PDF and peaks count observed pixels.
     pixel_scale_arcmin
         Pixel side.
     ell_edges
         ℓ-bin edges ``[n_ell + 1]``.
     pdf_edges, peak_edges
         κ-bin edges of the PDF and of the peak heights, per bin ``[bin, n + 1]``.
+    n_bootstrap, seed
+        Resamplings of the patches (with replacement; the same draws for every method)
+        behind the scatter of ℓ₀.₅: few patches hold few low-ℓ modes.
 
     Returns
     -------
@@ -675,7 +682,8 @@ def compare_statistics(
         samples), ``rho [bin, n_ell]`` (spectra averaged over patches, and samples, before
         the ratio), ``ell_half [bin]`` (ℓ where ρ_c falls to 0.5; NaN if it never does),
         ``pdf [bin, n_pdf]`` and ``peaks [bin, n_peak]`` (peaks per patch) at the bin centres
-        ``pdf_kappa`` and ``peak_kappa`` (same shapes). For the samples,
+        ``pdf_kappa`` and ``peak_kappa`` (same shapes), and ``ell_half_boot
+        [n_bootstrap, bin]``, ℓ₀.₅ of each patch resampling. For the samples,
         ``cl_lo``/``cl_hi`` are the 16/84th percentiles of the per-sample C_ℓ.
 
     Notes
@@ -685,25 +693,33 @@ def compare_statistics(
     """
     truth = np.asarray(maps["truth"], dtype=np.float64)
     n_patch, n_bins = truth.shape[:2]
+    draws = np.random.default_rng(seed).integers(0, n_patch, size=(n_bootstrap, n_patch))
     out: dict[str, dict[str, np.ndarray]] = {}
     for method, m in maps.items():
         m = np.asarray(m, dtype=np.float64)
         lead = (0, 1) if method == "samples" else (0,)
-        t = np.broadcast_to(truth, m.shape)
-        ell, cl = stats.power_spectrum_flat(m, pixel_scale_arcmin, ell_edges)
-        _, rho = stats.correlation_coefficient(
-            m, t, pixel_scale_arcmin, ell_edges, average_axes=lead
-        )
+        msk = np.broadcast_to(mask, m.shape)
+        # spectra of the observed pixels (maps x mask, truth and method alike): in masked
+        # pixels the posterior is the prior's and KS is zero-filled, neither measured
+        t = np.broadcast_to(truth, m.shape) * msk
+        ell, cl = stats.power_spectrum_flat(m * msk, pixel_scale_arcmin, ell_edges)
+        _, cross = stats.cross_spectrum_flat(m * msk, t, pixel_scale_arcmin, ell_edges)
+        _, cl_truth = stats.power_spectrum_flat(t, pixel_scale_arcmin, ell_edges)
+        # per-patch spectra [patch, bin, ell] (samples averaged), then over patches
+        per_patch = [c.mean(axis=0) if method == "samples" else c for c in (cross, cl, cl_truth)]
+        rho = stats.rho_from_spectra(*(c.mean(axis=0) for c in per_patch))
+        # [n_bootstrap, bin, ell]
+        boot = stats.rho_from_spectra(*(c[draws].mean(axis=1) for c in per_patch))
         res = {
             "ell": ell,
             "cl": cl.mean(axis=lead),
             "rho": rho,
             "ell_half": stats.crossing_ell(ell, rho, 0.5),
+            "ell_half_boot": stats.crossing_ell(ell, boot, 0.5),
         }
         if method == "samples":
             per_sample = cl.mean(axis=1)  # [sample, bin, ell]
             res["cl_lo"], res["cl_hi"] = np.percentile(per_sample, [16.0, 84.0], axis=0)
-        msk = np.broadcast_to(mask, m.shape)
         res["pdf"] = np.zeros((n_bins, pdf_edges.shape[-1] - 1))
         res["peaks"] = np.zeros((n_bins, peak_edges.shape[-1] - 1))
         res["pdf_kappa"] = 0.5 * (pdf_edges[:, 1:] + pdf_edges[:, :-1])
@@ -779,7 +795,16 @@ def validate_statistics(
     ell_edges = log_ell_bins(npix, pixel_scale, int(v["n_ell_bins"]))
     pdf_edges = _edges_from_truth(maps["truth"], int(v["n_pdf_bins"]), -4.0, 6.0)
     peak_edges = _edges_from_truth(maps["truth"], int(v["n_peak_bins"]), -1.0, 5.0)
-    res = compare_statistics(maps, mask, pixel_scale, ell_edges, pdf_edges, peak_edges)
+    res = compare_statistics(
+        maps,
+        mask,
+        pixel_scale,
+        ell_edges,
+        pdf_edges,
+        peak_edges,
+        n_bootstrap=int(v["n_bootstrap"]),
+        seed=int(config["seed"]),
+    )
 
     n_bins = maps["truth"].shape[1]
     spectra: dict[str, list] = {k: [] for k in ("method", "bin", "ell", "cl", "rho")}
@@ -836,6 +861,12 @@ def validate_statistics(
     return res
 
 
+def _percentiles(x: np.ndarray, q: Sequence[float]) -> list[float]:
+    """Percentiles of the finite values of ``x``; NaN when there are none."""
+    x = x[np.isfinite(x)]
+    return [float(v) for v in np.percentile(x, q)] if x.size else [float("nan")] * len(q)
+
+
 def _write_summary(path: str | os.PathLike, res: Mapping[str, Mapping[str, np.ndarray]]) -> None:
     """Per-bin headline numbers of the validation, as CSV."""
     methods = [m for m in METHODS if m in res and m != "truth"]
@@ -847,16 +878,21 @@ def _write_summary(path: str | os.PathLike, res: Mapping[str, Mapping[str, np.nd
             + [
                 "ell_half_ratio_samples_wiener",
                 "ell_half_ratio_mean_wiener",
+                "ell_half_ratio_mean_wiener_p16",
+                "ell_half_ratio_mean_wiener_p84",
                 "max_abs_cl_ratio_minus_1",
             ]
         )
     ]
+    # ratio of each patch resampling (the same draws for both methods)
+    boot_ratio = res["mean"]["ell_half_boot"] / res["wiener"]["ell_half_boot"]
     for b in range(ratio_cl.shape[0]):
         values = [float(res[m]["ell_half"][b]) for m in methods]
         w = float(res["wiener"]["ell_half"][b])
         values += [
             float(res["samples"]["ell_half"][b]) / w,
             float(res["mean"]["ell_half"][b]) / w,
+            *_percentiles(boot_ratio[:, b], (16.0, 84.0)),
             float(np.max(np.abs(ratio_cl[b] - 1.0))),
         ]
         lines.append(",".join([str(b + 1)] + [f"{x:.6g}" for x in values]))
