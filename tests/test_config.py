@@ -55,7 +55,10 @@ def test_default_config_dry_run(tmp_path):
         (lambda c: c["layout"].__setitem__("wobble", 1), "wobble"),
         (lambda c: c["layout"].__setitem__("npix", 60), "patch_size_deg"),
         (lambda c: c["sims"].__setitem__("train_sims", [0, 1]), "mock_sim"),
-        (lambda c: c["validation"].__setitem__("patches", [0, 7]), "validation.patches [7]"),
+        (
+            lambda c: c["validation"].__setitem__("search_patches", [24, 7]),
+            "validation.search_patches [7]",
+        ),
     ],
     ids=[
         "negative-nside",
@@ -64,7 +67,7 @@ def test_default_config_dry_run(tmp_path):
         "unknown-nested-key",
         "patch-size-mismatch",
         "mock-in-training",
-        "validation-patch-not-made",
+        "search-patch-not-validated",
     ],
 )
 def test_invalid_config_names_key(tmp_path, mutate, key):

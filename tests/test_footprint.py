@@ -9,7 +9,12 @@ import yaml
 
 from kappadiff import footprint
 from kappadiff.products import read_table
-from kappadiff.stages.layout import data_patch_ids, footprint_patch_ids, write_footprint_layout
+from kappadiff.stages.layout import (
+    data_patch_ids,
+    footprint_patch_ids,
+    pixelised_patch_ids,
+    write_footprint_layout,
+)
 
 
 def _config(repo_root, name="test.yaml"):
@@ -112,3 +117,13 @@ def test_des_footprint_layout_has_about_410_patches(tmp_path, repo_root):
     assert data_patch_ids(dict(config, sampling=dict(config["sampling"], patches="all"))) == ids
     with pytest.raises(ValueError, match="sampling.patches: ids \\[9999\\]"):
         data_patch_ids(dict(config, sampling=dict(config["sampling"], patches=[0, 9999])))
+    # the validation's mock patches are pixelised too (on mocks), once, in order
+    mock = dict(config, sampling=dict(config["sampling"], patches=[7, 3]))
+    mock["validation"] = dict(config["validation"], patches=[3, 1])
+    mock["catalogue"] = dict(config["catalogue"], source="mock")
+    assert pixelised_patch_ids(mock) == [1, 3, 7]
+    real = dict(mock, catalogue=dict(mock["catalogue"], source="fits"))
+    assert pixelised_patch_ids(real) == [3, 7]
+    mock["validation"] = dict(mock["validation"], patches=[9999])
+    with pytest.raises(ValueError, match="validation.patches: ids \\[9999\\]"):
+        pixelised_patch_ids(mock)

@@ -69,14 +69,15 @@ def check_config(config: Mapping[str, Any]) -> None:
             f"{layout['pixel_scale_arcmin']}' = {expected:.6g} deg"
         )
 
-    # the validation samples the data patches of the mock: they must be made
-    wanted = config.get("sampling", {}).get("patches", "all")
-    if wanted != "all" and "validation" in config:
-        missing = sorted(set(config["validation"]["patches"]) - set(wanted))
+    # the scaling search runs on some of the validation's mock patches
+    if "validation" in config:
+        v = config["validation"]
+        search = v.get("search_patches")
+        missing = sorted(set(search or []) - set(v["patches"]))
         if missing:
             raise ConfigError(
-                f"validation.patches {missing} are not among sampling.patches {list(wanted)}: "
-                "the validation runs on data patches the pipeline makes"
+                f"validation.search_patches {missing} are not among validation.patches "
+                f"{list(v['patches'])}: the tuned run is compared on the search's mocks"
             )
 
 

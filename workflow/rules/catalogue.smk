@@ -4,10 +4,10 @@
 # `snakemake results/data/patch_0123.fits` runs it for all configured patches.
 from kappadiff.stages import catalogue as catalogue_stage
 
-# Outputs of `pixelise` (data patches, and true convergence cut-outs for mocks) and the
-# convergence map a mock is made from (empty lists for real data).
-DATA_PATCH_FILES = catalogue_stage.data_patch_files(config, data_patch_ids())
-TRUTH_PATCH_FILES = catalogue_stage.truth_patch_files(config, data_patch_ids())
+# Outputs of `pixelise` (data patches and the validation's mock patches, with their true
+# convergence on mocks) and the convergence map a mock is made from (none for real data).
+DATA_PATCH_FILES = catalogue_stage.data_patch_files(config, pixelised_patch_ids())
+TRUTH_PATCH_FILES = catalogue_stage.truth_patch_files(config, pixelised_patch_ids())
 MOCK_KAPPA_FILES = catalogue_stage.mock_kappa_files(config)
 
 
@@ -29,7 +29,7 @@ rule mock_catalogue:
         runtime=60,
         mem_mb=catalogue_stage.mock_memory_mb(config),
     params:
-        patches=data_patch_ids(),
+        patches=pixelised_patch_ids(),
         catalogue=config["catalogue"],
     script:
         "../../scripts/mock_catalogue.py"
@@ -55,7 +55,7 @@ rule pixelise:
         runtime=120,
         mem_mb=catalogue_stage.pixelise_memory_mb(config),
     params:
-        patches=data_patch_ids(),
+        patches=pixelised_patch_ids(),
         catalogue=config["catalogue"],
     script:
         "../../scripts/pixelise.py"

@@ -7,6 +7,10 @@ from kappadiff.stages import layout as layout_stage
 
 # data_patch_ids(): footprint patch ids to reconstruct (config sampling.patches, or all).
 data_patch_ids = functools.cache(functools.partial(layout_stage.data_patch_ids, config))
+# pixelised_patch_ids(): the data patches and, on mocks, the validation's mock patches.
+pixelised_patch_ids = functools.cache(
+    functools.partial(layout_stage.pixelised_patch_ids, config)
+)
 
 
 rule layout_fullsky:

@@ -113,8 +113,8 @@ rule validate_calibration:
 rule validate_statistics:
     """Figure 2 and tables: C_ell, rho_c(ell), ell_0.5, PDF and peaks against the truth."""
     input:
-        tuned=run_files(TUNED),
-        truth=validation_truth_files(),
+        tuned=run_files(TUNED, validation_patch_ids()),
+        truth=validation_truth_files(validation_patch_ids()),
         data=[f"{RESULTS}/data/patch_{p}.fits" for p in validation_patch_ids()],
         ks=[f"{RESULTS}/baselines/ks/patch_{p}.fits" for p in validation_patch_ids()],
         wiener=[

@@ -14,6 +14,12 @@ def validation_patch_ids():
     return [f"{i:04d}" for i in config["validation"]["patches"]]
 
 
+def search_patch_ids():
+    """Mock patch ids of the scaling search (validation.search_patches, or all)."""
+    v = config["validation"]
+    return [f"{i:04d}" for i in (v["search_patches"] or v["patches"])]
+
+
 def check_validation_config():
     """Cross-key checks of the validation section, before any job."""
     v = config["validation"]
@@ -56,13 +62,16 @@ def run_scaling(wildcards):
     return runs[wildcards.run]
 
 
-def run_files(run):
-    """Posterior products of one run on every mock patch."""
-    return [f"{VALIDATION}/runs/{run}/patch_{p}.fits" for p in validation_patch_ids()]
+def run_files(run, patches=None):
+    """Posterior products of one run on the given mock patches (default: the search's)."""
+    return [
+        f"{VALIDATION}/runs/{run}/patch_{p}.fits"
+        for p in (search_patch_ids() if patches is None else patches)
+    ]
 
 
 def run_file_map(runs):
-    """{run: [product of each mock patch]} for the stage functions."""
+    """{run: [product of each search patch]} for the stage functions."""
     return {run: run_files(run) for run in runs}
 
 
@@ -70,18 +79,22 @@ def tuned_run_inputs(wildcards):
     """The tuned run needs the chosen scaling and, to reuse a run, the grid runs of its patch."""
     if wildcards.run != TUNED:
         return {}
+    searched = wildcards.patch in search_patch_ids()
     return {
         "scaling": f"{VALIDATION}/scaling.fits",
         "candidates": [
             f"{VALIDATION}/runs/{run}/patch_{wildcards.patch}.fits"
-            for run in candidate_runs()
+            for run in (candidate_runs() if searched else ())
         ],
     }
 
 
-def validation_truth_files():
-    """True κ of the mock patches."""
-    return [f"{RESULTS}/truth/patch_{p}.fits" for p in validation_patch_ids()]
+def validation_truth_files(patches=None):
+    """True κ of the mock patches (default: the search's)."""
+    return [
+        f"{RESULTS}/truth/patch_{p}.fits"
+        for p in (search_patch_ids() if patches is None else patches)
+    ]
 
 
 def validation_params():

@@ -125,9 +125,9 @@ def mock_memory_mb(config: Mapping[str, Any]) -> int:
     maps = 620 * config["sims"]["nside"] ** 2
     galaxies = 0
     if cat["mock_format"] == "desy3":
-        n_patch = (
-            len(config["sampling"]["patches"]) if config["sampling"]["patches"] != "all" else 450
-        )
+        wanted = config["sampling"]["patches"]
+        validation = config.get("validation", {}).get("patches", [])
+        n_patch = len(set(wanted) | set(validation)) if wanted != "all" else 450
         area = n_patch * (config["layout"]["patch_size_deg"] * 60) ** 2
         galaxies = 100 * area * sum(cat["n_eff"])
     return int(1.3 * (maps + galaxies) / 2**20) + 500

@@ -30,6 +30,7 @@ from ..products import (
 
 __all__ = [
     "data_patch_ids",
+    "pixelised_patch_ids",
     "extract_memory_mb",
     "extract_patches",
     "footprint_input_files",
@@ -71,6 +72,16 @@ def footprint_patch_ids(config: Mapping[str, Any]) -> list[int]:
     return list(range(len(ra)))
 
 
+def _checked_ids(config: Mapping[str, Any], key: str, ids: list[int], n_patch: int) -> list[int]:
+    beyond = [i for i in ids if i >= n_patch]
+    if beyond:
+        raise ValueError(
+            f"{key}: ids {beyond} beyond the {n_patch} patches of "
+            f"layout.footprint = {config['layout']['footprint']!r}"
+        )
+    return ids
+
+
 def data_patch_ids(config: Mapping[str, Any]) -> list[int]:
     """Footprint patch ids to reconstruct: ``sampling.patches``, or all footprint patches.
 
@@ -82,13 +93,26 @@ def data_patch_ids(config: Mapping[str, Any]) -> list[int]:
     n_patch = len(footprint_patch_ids(config))
     wanted = config["sampling"]["patches"]
     ids = list(range(n_patch)) if wanted == "all" else [int(i) for i in wanted]
-    beyond = [i for i in ids if i >= n_patch]
-    if beyond:
-        raise ValueError(
-            f"sampling.patches: ids {beyond} beyond the {n_patch} patches of "
-            f"layout.footprint = {config['layout']['footprint']!r}"
-        )
-    return ids
+    return _checked_ids(config, "sampling.patches", ids, n_patch)
+
+
+def pixelised_patch_ids(config: Mapping[str, Any]) -> list[int]:
+    """Footprint patch ids the catalogue is pixelised into, in increasing order.
+
+    The data patches and, on a mock catalogue, the validation's mock patches
+    (``validation.patches``), which need data and truth but are not reconstructed as data.
+
+    Raises
+    ------
+    ValueError
+        If ``sampling.patches`` or ``validation.patches`` names ids beyond the layout.
+    """
+    ids = set(data_patch_ids(config))
+    if config["catalogue"]["source"] == "mock" and "validation" in config:
+        n_patch = len(footprint_patch_ids(config))
+        wanted = [int(i) for i in config["validation"]["patches"]]
+        ids |= set(_checked_ids(config, "validation.patches", wanted, n_patch))
+    return sorted(ids)
 
 
 def footprint_input_files(config: Mapping[str, Any]) -> list[str]:
