@@ -188,8 +188,10 @@ def summary_statistics(results: Mapping[str, Mapping[str, np.ndarray]]) -> Figur
     ----------
     results
         ``{method: {"ell", "cl", "rho", "ell_half", "pdf", "pdf_kappa", "peaks",
-        "peak_kappa", ("cl_lo", "cl_hi" for samples)}}`` as made by
-        :func:`kappadiff.stages.validation.compare_statistics`; the truth is drawn in black.
+        "peak_kappa", ("cl_lo", "cl_hi" for samples), ("rho_boot")}}`` as made by
+        :func:`kappadiff.stages.validation.compare_statistics`; the truth is drawn in black,
+        and the 16-84 % range of ρ_c over patch resamplings is shaded for the posterior
+        mean and Wiener.
     """
     n_bins = next(iter(results.values()))["cl"].shape[0]
     fig, axes = plt.subplots(
@@ -208,6 +210,9 @@ def summary_statistics(results: Mapping[str, Mapping[str, np.ndarray]]) -> Figur
                     lw=lw,
                     label=f"{label} (ℓ₀.₅ = {r['ell_half'][b]:.0f})",
                 )
+                if "rho_boot" in r and method in ("mean", "wiener"):
+                    lo, hi = np.percentile(r["rho_boot"][:, b], [16.0, 84.0], axis=0)
+                    axes[b, 0].fill_between(ell, lo, hi, color=color, alpha=0.2, lw=0)
             norm = ell * (ell + 1) / (2 * np.pi)
             axes[b, 1].loglog(ell, norm * np.abs(r["cl"][b]), color=color, lw=lw, label=label)
             if "cl_lo" in r:
