@@ -77,7 +77,8 @@ def check_config(config: Mapping[str, Any]) -> None:
         if missing:
             raise ConfigError(
                 f"validation.search_patches {missing} are not among validation.patches "
-                f"{list(v['patches'])}: the tuned run is compared on the search's mocks"
+                f"{list(v['patches'])}: set validation.search_patches to some of them, or "
+                "null to search them all"
             )
 
 
