@@ -214,7 +214,14 @@ def test_nz_without_overlap_with_the_shells_is_an_error():
 
 def test_shear_from_kappa_is_the_e_mode_with_glass_sign(rng):
     nside, lmax = 64, 128
-    kappa = hp.synfast(1e-4 / (1.0 + np.arange(lmax + 1)) ** 2, nside, lmax=lmax)
+    # a Gaussian sky drawn from the seeded generator (hp.synfast draws from numpy's global
+    # state, so the sky, and the quadrature error below, would change from run to run)
+    ell_of, m_of = hp.Alm.getlm(lmax)
+    amp = np.sqrt(1e-4 / (1.0 + ell_of) ** 2 / np.where(m_of == 0, 1.0, 2.0))
+    alm = amp * (
+        rng.normal(size=amp.size) + 1j * np.where(m_of == 0, 0.0, rng.normal(size=amp.size))
+    )
+    kappa = hp.alm2map(alm, nside, lmax=lmax)
     g1, g2 = sims.shear_from_kappa(kappa, lmax=lmax)
     elm, blm = hp.map2alm_spin([g1, g2], 2, lmax=lmax)
     klm = hp.map2alm(kappa, lmax=lmax, iter=3)
@@ -222,10 +229,12 @@ def test_shear_from_kappa_is_the_e_mode_with_glass_sign(rng):
     with np.errstate(divide="ignore", invalid="ignore"):
         factor = np.where(ell >= 2, -np.sqrt((ell + 2) * (ell - 1) / (ell * (ell + 1))), 0)
     expected = hp.almxfl(klm, factor)
-    # synthesis then analysis of band-limited maps at lmax = 2 nside: 1e-3 quadrature error
+    # synthesis then analysis of band-limited maps at lmax = 2 nside: quadrature errors of
+    # about 1e-3 of the largest E coefficient (up to 1.5e-3 over 20 synfast skies); a sign
+    # or rotation error of the spin-2 convention would put O(1) of it into E - expected or B
     scale = np.abs(expected).max()
-    assert np.abs(elm - expected).max() < 1e-3 * scale
-    assert np.abs(blm).max() < 1e-3 * scale
+    assert np.abs(elm - expected).max() < 3e-3 * scale
+    assert np.abs(blm).max() < 3e-3 * scale
 
 
 def test_shear_around_a_kappa_peak_follows_the_convention():
