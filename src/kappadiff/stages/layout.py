@@ -90,7 +90,10 @@ def data_patch_ids(config: Mapping[str, Any]) -> list[int]:
     ValueError
         If ``sampling.patches`` names ids beyond the footprint layout.
     """
-    n_patch = len(footprint_patch_ids(config))
+    return _data_patch_ids(config, len(footprint_patch_ids(config)))
+
+
+def _data_patch_ids(config: Mapping[str, Any], n_patch: int) -> list[int]:
     wanted = config["sampling"]["patches"]
     ids = list(range(n_patch)) if wanted == "all" else [int(i) for i in wanted]
     return _checked_ids(config, "sampling.patches", ids, n_patch)
@@ -107,9 +110,9 @@ def pixelised_patch_ids(config: Mapping[str, Any]) -> list[int]:
     ValueError
         If ``sampling.patches`` or ``validation.patches`` names ids beyond the layout.
     """
-    ids = set(data_patch_ids(config))
+    n_patch = len(footprint_patch_ids(config))  # the layout is computed once
+    ids = set(_data_patch_ids(config, n_patch))
     if config["catalogue"]["source"] == "mock" and "validation" in config:
-        n_patch = len(footprint_patch_ids(config))
         wanted = [int(i) for i in config["validation"]["patches"]]
         ids |= set(_checked_ids(config, "validation.patches", wanted, n_patch))
     return sorted(ids)
