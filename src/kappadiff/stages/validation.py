@@ -695,19 +695,23 @@ def compare_statistics(
     truth = np.asarray(maps["truth"], dtype=np.float64)
     n_patch, n_bins = truth.shape[:2]
     draws = np.random.default_rng(seed).integers(0, n_patch, size=(n_bootstrap, n_patch))
+    # spectra of the observed pixels (maps x mask, truth and method alike): in masked
+    # pixels the posterior is the prior's and KS is zero-filled, neither measured
+    truth_obs = truth * mask
+    _, cl_truth = stats.power_spectrum_flat(truth_obs, pixel_scale_arcmin, ell_edges)
     out: dict[str, dict[str, np.ndarray]] = {}
     for method, m in maps.items():
         m = np.asarray(m, dtype=np.float64)
         lead = (0, 1) if method == "samples" else (0,)
         msk = np.broadcast_to(mask, m.shape)
-        # spectra of the observed pixels (maps x mask, truth and method alike): in masked
-        # pixels the posterior is the prior's and KS is zero-filled, neither measured
-        t = np.broadcast_to(truth, m.shape) * msk
-        ell, cl = stats.power_spectrum_flat(m * msk, pixel_scale_arcmin, ell_edges)
-        _, cross = stats.cross_spectrum_flat(m * msk, t, pixel_scale_arcmin, ell_edges)
-        _, cl_truth = stats.power_spectrum_flat(t, pixel_scale_arcmin, ell_edges)
+        m_obs = m * msk
+        ell, cl = stats.power_spectrum_flat(m_obs, pixel_scale_arcmin, ell_edges)
+        _, cross = stats.cross_spectrum_flat(
+            m_obs, np.broadcast_to(truth_obs, m.shape), pixel_scale_arcmin, ell_edges
+        )
         # per-patch spectra [patch, bin, ell] (samples averaged), then over patches
-        per_patch = [c.mean(axis=0) if method == "samples" else c for c in (cross, cl, cl_truth)]
+        per_patch = [c.mean(axis=0) if method == "samples" else c for c in (cross, cl)]
+        per_patch.append(cl_truth)
         rho = stats.rho_from_spectra(*(c.mean(axis=0) for c in per_patch))
         # [n_bootstrap, bin, ell]
         boot = stats.rho_from_spectra(*(c[draws].mean(axis=1) for c in per_patch))
