@@ -8,6 +8,7 @@ search_scaling(
     snakemake.params.run_paths,
     snakemake.params.scalings,
     snakemake.input.truth,
+    snakemake.input.data,
     snakemake.input.references,
     snakemake.output.scaling,
     snakemake.output.coverage,

@@ -9,6 +9,7 @@ calibration_figure(
     snakemake.params.run_paths["unscaled"],
     snakemake.input.scaling,
     snakemake.input.truth,
+    snakemake.input.data,
     snakemake.input.references,
     snakemake.output.coverage,
     snakemake.output.figure,

@@ -80,6 +80,16 @@ def write_kappa(path, kappa):
     products.write_fits(path, [products.image_hdu("KAPPA", kappa)])
 
 
+def write_masks(directory, truth, mask=None):
+    """Data products (HDU MASK) of each patch of ``truth [patch, bin, n, n]``; all observed."""
+    mask = np.ones_like(truth) if mask is None else mask
+    paths = []
+    for p in range(truth.shape[0]):
+        paths.append(directory / f"data_{p:04d}.fits")
+        products.write_fits(paths[-1], [products.image_hdu("MASK", mask[p])])
+    return paths
+
+
 # ------------------------------------------------------------------------------------------
 
 
@@ -224,8 +234,9 @@ def test_search_scaling_picks_the_calibrated_run_and_the_tuned_figure(tmp_path, 
     ref_path = tmp_path / "refs.fits"
     write_kappa(ref_path, rng.normal(0.0, 2.2, size=(3, N_BINS, 16, 16)))
     scalings = {r: sc for r, (sc, _) in runs.items()}
+    data_paths = write_masks(tmp_path, truth)
     out = val.search_scaling(
-        paths, scalings, truth_paths, ref_path, tmp_path / "scaling.fits",
+        paths, scalings, truth_paths, data_paths, ref_path, tmp_path / "scaling.fits",
         tmp_path / "tarp_search.fits", config,
     )  # fmt: skip
     chosen = val.read_scaling(out)
@@ -242,7 +253,7 @@ def test_search_scaling_picks_the_calibrated_run_and_the_tuned_figure(tmp_path, 
     # the tuned run is the chosen candidate: figure 1 and its table
     fig = tmp_path / "fig1.png"
     val.calibration_figure(
-        paths["t500_s20"], paths["unscaled"], out, truth_paths, ref_path,
+        paths["t500_s20"], paths["unscaled"], out, truth_paths, data_paths, ref_path,
         tmp_path / "tarp_coverage.fits", fig, config,
     )  # fmt: skip
     assert fig.stat().st_size > 10_000
@@ -274,8 +285,9 @@ def test_search_scaling_prefers_the_informative_calibrated_run(tmp_path, rng):
         for p, path in enumerate(paths[run]):
             write_run(path, samples[:, p], scalings[run])
     write_kappa(tmp_path / "refs.fits", rng.normal(0.0, np.sqrt(5.0), size=(4, N_BINS, 16, 16)))
+    data_paths = write_masks(tmp_path, truth)
     val.search_scaling(
-        paths, scalings, truth_paths, tmp_path / "refs.fits",
+        paths, scalings, truth_paths, data_paths, tmp_path / "refs.fits",
         tmp_path / "scaling.fits", tmp_path / "search.fits", config,
     )  # fmt: skip
     assert val.read_scaling(tmp_path / "scaling.fits")["t_bar"] == [900.0] * N_BINS
@@ -284,18 +296,84 @@ def test_search_scaling_prefers_the_informative_calibrated_run(tmp_path, rng):
     joint = summary[(summary["refs"] == "prior") & (summary["bin"] == 0)]
     err = dict(zip(joint["run"], joint["max_error"], strict=True))
     mse = dict(zip(joint["run"], joint["mean_mse"], strict=True))
+    rho = dict(zip(joint["run"], joint["mean_rho"], strict=True))
     assert max(err.values()) < 0.1  # both calibrated (96 sims: ECP sd ≈ 0.05)
     # truth² ≈ 5 a pixel; mean of 8 prior samples: (5 + 5/8)/5 ≈ 1.1; posterior mean:
     # (1 + 1/8)/5 ≈ 0.23
     assert mse["t500_s20"] > 0.9 and mse["t900_s20"] < 0.4
+    # white maps: rho = cov/sqrt(var var) = 4/sqrt(4.125 * 5) ≈ 0.88 for the posterior mean;
+    # the prior mean is independent of the truth (|rho| ~ 0.02 from 6 patches of 256 px)
+    assert rho["t900_s20"] > 0.8 and abs(rho["t500_s20"]) < 0.1
     # with tolerance 0 the best calibrated run is taken, whichever it is
     config0 = _config(tarp_tolerance=0.0)
     val.search_scaling(
-        paths, scalings, truth_paths, tmp_path / "refs.fits",
+        paths, scalings, truth_paths, data_paths, tmp_path / "refs.fits",
         tmp_path / "scaling0.fits", tmp_path / "search0.fits", config0,
     )  # fmt: skip
     best = min(err, key=err.get)
     assert val.read_scaling(tmp_path / "scaling0.fits")["t_bar"] == [float(best[1:4])] * N_BINS
+
+
+def test_mean_rho_is_of_observed_pixels_and_ignores_amplitude(rng):
+    npix, scale = 16, 16.0
+    edges = val.log_ell_bins(npix, scale, 6)
+    mu = rng.normal(0.0, 2.0, size=(6, N_BINS, npix, npix))
+    truth = mu + rng.normal(size=mu.shape)
+    exact = val.mean_rho(truth, truth, np.ones_like(truth), scale, edges)
+    np.testing.assert_allclose(exact, 1.0, atol=1e-12)
+    # amplitude does not count (the calibration test constrains it); noise does:
+    # white maps, rho = 4 / sqrt(4 * 5) ≈ 0.894 for the mean mu of a truth mu + n
+    shrunk = val.mean_rho(0.3 * mu, truth, np.ones_like(truth), scale, edges)
+    np.testing.assert_allclose(shrunk, val.mean_rho(mu, truth, np.ones_like(truth), scale, edges))
+    assert shrunk.shape == (N_BINS + 1,)
+    assert np.all(np.abs(shrunk - 0.894) < 0.05)  # ~1500 modes a bin: sd of rho ≈ 0.01
+    np.testing.assert_allclose(shrunk[0], shrunk[1:].mean())
+    # anything in masked pixels is not measured
+    mask = np.ones_like(truth)
+    mask[..., :, : npix // 2] = 0.0
+    garbage = np.where(mask > 0, mu, 1e3 * rng.normal(size=mu.shape))
+    np.testing.assert_allclose(
+        val.mean_rho(garbage, truth, mask, scale, edges),
+        val.mean_rho(mu, truth, mask, scale, edges),
+    )
+
+
+def test_search_scaling_ranks_calibrated_runs_by_rho_not_pixel_error(tmp_path, rng):
+    """A mean shrunk to 0.3 of the signal correlates with the truth better than a noisy one.
+
+    Pixel error prefers the noisy mean ((1.5 + 1)/5 = 0.5 against (0.49·4 + 1)/5 ≈ 0.59);
+    ρ_c prefers the shrunk one (0.89 against 4/√(5.5·5) ≈ 0.76).
+    """
+    config = _config(tarp_tolerance=1.0)  # every candidate counts as calibrated
+    n_patch = 6
+    mu = rng.normal(0.0, 2.0, size=(n_patch, N_BINS, 16, 16))
+    truth = mu + rng.normal(size=mu.shape)
+    runs = {
+        "t800_s20": 0.3 * mu + 0.1 * rng.normal(size=(8, *mu.shape)),
+        "t900_s20": mu + np.sqrt(8 * 1.5) * rng.normal(size=(8, *mu.shape)),
+    }
+    truth_paths = [tmp_path / f"truth_{p}.fits" for p in range(n_patch)]
+    for p, path in enumerate(truth_paths):
+        write_kappa(path, truth[p])
+    paths, scalings = {}, {}
+    for run, samples in runs.items():
+        scalings[run] = {"scaled": True, "t_bar": float(run[1:4]), "sigma_t": 20.0}
+        paths[run] = [tmp_path / f"{run}_{p}.fits" for p in range(n_patch)]
+        for p, path in enumerate(paths[run]):
+            write_run(path, samples[:, p], scalings[run])
+    write_kappa(tmp_path / "refs.fits", rng.normal(0.0, np.sqrt(5.0), size=(4, N_BINS, 16, 16)))
+    val.search_scaling(
+        paths, scalings, truth_paths, write_masks(tmp_path, truth), tmp_path / "refs.fits",
+        tmp_path / "scaling.fits", tmp_path / "search.fits", config,
+    )  # fmt: skip
+    with fits.open(tmp_path / "search.fits") as hdul:
+        summary = hdul["SUMMARY"].data
+    joint = summary[(summary["refs"] == "prior") & (summary["bin"] == 0)]
+    mse = dict(zip(joint["run"], joint["mean_mse"], strict=True))
+    rho = dict(zip(joint["run"], joint["mean_rho"], strict=True))
+    assert mse["t900_s20"] < mse["t800_s20"]
+    assert rho["t800_s20"] > rho["t900_s20"] + 0.08
+    assert val.read_scaling(tmp_path / "scaling.fits")["t_bar"] == [800.0] * N_BINS
 
 
 def test_search_scaling_per_bin(tmp_path, rng):
@@ -320,7 +398,8 @@ def test_search_scaling_per_bin(tmp_path, rng):
             write_run(path, s[:, p], sc)
     write_kappa(tmp_path / "refs.fits", rng.normal(0.0, 2.2, size=(2, N_BINS, 16, 16)))
     val.search_scaling(
-        paths, {r: sc for r, (sc, _) in runs.items()}, truth_paths, tmp_path / "refs.fits",
+        paths, {r: sc for r, (sc, _) in runs.items()}, truth_paths,
+        write_masks(tmp_path, truth), tmp_path / "refs.fits",
         tmp_path / "scaling.fits", tmp_path / "search.fits", config,
     )  # fmt: skip
     chosen = val.read_scaling(tmp_path / "scaling.fits")

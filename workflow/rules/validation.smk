@@ -61,6 +61,7 @@ rule tarp_search:
     input:
         runs=[f for files in run_file_map(search_runs()).values() for f in files],
         truth=validation_truth_files(),
+        data=validation_data_files(),
         references=f"{VALIDATION}/tarp_references.fits",
     output:
         scaling=f"{VALIDATION}/scaling.fits",
@@ -87,6 +88,7 @@ rule validate_calibration:
         runs=run_files(TUNED) + run_files(UNSCALED),
         scaling=f"{VALIDATION}/scaling.fits",
         truth=validation_truth_files(),
+        data=validation_data_files(),
         references=f"{VALIDATION}/tarp_references.fits",
     output:
         coverage=f"{VALIDATION}/tarp_coverage.fits",
@@ -115,7 +117,7 @@ rule validate_statistics:
     input:
         tuned=run_files(TUNED, validation_patch_ids()),
         truth=validation_truth_files(validation_patch_ids()),
-        data=[f"{RESULTS}/data/patch_{p}.fits" for p in validation_patch_ids()],
+        data=validation_data_files(validation_patch_ids()),
         ks=[f"{RESULTS}/baselines/ks/patch_{p}.fits" for p in validation_patch_ids()],
         wiener=[
             f"{RESULTS}/baselines/wiener/patch_{p}.fits"

@@ -97,14 +97,31 @@ def validation_truth_files(patches=None):
     ]
 
 
+def validation_data_files(patches=None):
+    """Pixelised mock data (with its MASK) of the mock patches (default: the search's)."""
+    return [
+        f"{RESULTS}/data/patch_{p}.fits"
+        for p in (search_patch_ids() if patches is None else patches)
+    ]
+
+
 def validation_params():
-    """The configuration the validation products depend on (the data patch list excluded)."""
+    """The configuration the validation products depend on.
+
+    The patch lists are left out: a product depends on its patches through its input files,
+    so adding a validation patch reruns only what reads it.
+    """
     sampling = {k: v for k, v in config["sampling"].items() if k != "patches"}
+    validation = {
+        k: v
+        for k, v in config["validation"].items()
+        if k not in ("patches", "search_patches")
+    }
     return {
         "seed": config["seed"],
         "sampling": sampling,
         "layout": config["layout"],
-        "validation": config["validation"],
+        "validation": validation,
     }
 
 
