@@ -32,6 +32,7 @@ from ..products import (
 
 __all__ = [
     "MEASURED",
+    "cutout_spectra",
     "kaiser_squires_patch_file",
     "measure_signal_power",
     "read_signal_power",
@@ -60,6 +61,64 @@ def _pixel_scale(config: Mapping[str, Any]) -> float:
     return float(config["layout"]["pixel_scale_arcmin"])
 
 
+def cutout_spectra(
+    cutout_files: Sequence[str | os.PathLike],
+    npix: int,
+    pixel_scale_arcmin: float,
+    ell_edges: np.ndarray,
+    per_file: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Binned flat-sky C_ℓ of each of the training cut-outs used.
+
+    Parameters
+    ----------
+    cutout_files
+        ``.npy`` files of float32 ``[patch, bin, row, col]`` κ cut-outs (memory-mapped, read
+        ``CUTOUT_CHUNK`` at a time).
+    npix, pixel_scale_arcmin
+        The patch grid the cut-outs must have.
+    ell_edges
+        ℓ-bin edges ``[n_ell + 1]``.
+    per_file
+        Cut-outs used per file, evenly spaced through it.
+
+    Returns
+    -------
+    ell, cl
+        ``ell [n_ell]`` and ``cl [n_cutout, bin, n_ell]``.
+
+    Raises
+    ------
+    ProductError
+        Naming the file, on a wrong shape, a bin count that differs between files, or
+        non-finite κ.
+    """
+    if not cutout_files:
+        raise ValueError("cutout_spectra: no cut-out files")
+    spectra, n_bins, ell = [], None, None
+    for path in cutout_files:
+        cut = np.load(path, mmap_mode="r")
+        if cut.ndim != 4 or cut.shape[-2:] != (npix, npix):
+            raise ProductError(
+                f"{path}: cut-outs of shape {cut.shape}, expected [patch, bin, {npix}, {npix}]"
+            )
+        if n_bins is None:
+            n_bins = cut.shape[1]
+        elif cut.shape[1] != n_bins:
+            raise ProductError(f"{path}: {cut.shape[1]} bins, but {cutout_files[0]} has {n_bins}")
+        chosen = np.unique(np.linspace(0, cut.shape[0] - 1, min(per_file, cut.shape[0])).round())
+        chosen = chosen.astype(int)
+        for start in range(0, chosen.size, CUTOUT_CHUNK):
+            block = np.asarray(cut[chosen[start : start + CUTOUT_CHUNK]], dtype=np.float64)
+            bad = ~np.isfinite(block)
+            if bad.any():
+                raise ProductError(f"{path}: {int(bad.sum())} non-finite κ values in the cut-outs")
+            ell, cl = stats.power_spectrum_flat(block, pixel_scale_arcmin, ell_edges)
+            spectra.append(cl)
+        log.info("%s: %d of %d cut-outs used", path, chosen.size, cut.shape[0])
+    return ell, np.concatenate(spectra)
+
+
 def measure_signal_power(
     cutout_files: Sequence[str | os.PathLike],
     out_path: str | os.PathLike,
@@ -78,35 +137,13 @@ def measure_signal_power(
         Uses ``layout.npix``, ``layout.pixel_scale_arcmin`` and
         ``lensing.wiener_power_cutouts`` (cut-outs per file, evenly spaced).
     """
-    if not cutout_files:
-        raise ValueError("measure_signal_power: no cut-out files")
     npix = int(config["layout"]["npix"])
     scale = _pixel_scale(config)
     edges = stats.ell_bins_linear(npix, npix, scale)
     per_file = int(config["lensing"]["wiener_power_cutouts"])
-    total, n_used, n_bins = None, 0, None
-    for path in cutout_files:
-        cut = np.load(path, mmap_mode="r")
-        if cut.ndim != 4 or cut.shape[-2:] != (npix, npix):
-            raise ProductError(
-                f"{path}: cut-outs of shape {cut.shape}, expected [patch, bin, {npix}, {npix}]"
-            )
-        if n_bins is None:
-            n_bins = cut.shape[1]
-        elif cut.shape[1] != n_bins:
-            raise ProductError(f"{path}: {cut.shape[1]} bins, but {cutout_files[0]} has {n_bins}")
-        chosen = np.unique(np.linspace(0, cut.shape[0] - 1, min(per_file, cut.shape[0])).round())
-        chosen = chosen.astype(int)
-        for start in range(0, chosen.size, CUTOUT_CHUNK):
-            block = np.asarray(cut[chosen[start : start + CUTOUT_CHUNK]], dtype=np.float64)
-            bad = ~np.isfinite(block)
-            if bad.any():
-                raise ProductError(f"{path}: {int(bad.sum())} non-finite κ values in the cut-outs")
-            ell, cl = stats.power_spectrum_flat(block, scale, edges)
-            total = cl.sum(axis=0) if total is None else total + cl.sum(axis=0)
-            n_used += block.shape[0]
-        log.info("%s: %d of %d cut-outs used", path, chosen.size, cut.shape[0])
-    cl_mean = total / n_used
+    ell, cl = cutout_spectra(cutout_files, npix, scale, edges, per_file)
+    n_used, n_bins = cl.shape[:2]
+    cl_mean = cl.mean(axis=0)
     bad = ~(cl_mean > 0)
     if bad.any():
         raise ValueError(
