@@ -29,6 +29,7 @@ def _config(npix=16, **overrides):
         "n_alpha": 21,
         "n_bootstrap": 50,
         "n_ell_bins": 6,
+        "n_ensemble_cutouts": 1000,
         "n_pdf_bins": 10,
         "n_peak_bins": 6,
         "figure_patch": None,
@@ -500,9 +501,12 @@ def test_validate_statistics_writes_tables_and_figures(tmp_path, rng):
             write_kappa(files[k][-1], m)
         files["data"].append(tmp_path / f"data_{p}.fits")
         products.write_fits(files["data"][-1], [products.image_hdu("MASK", np.ones_like(truth[p]))])
+    # training cut-outs of twice the truth's amplitude: 4x its power at every l
+    cutouts = tmp_path / "cutouts.npy"
+    np.save(cutouts, 2.0 * np.sqrt(5.0) * rng.normal(size=(40, N_BINS, 16, 16)).astype(np.float32))
     out = {k: tmp_path / f"{k}" for k in ("table.fits", "summary.csv", "maps.png", "stats.png")}
     res = val.validate_statistics(
-        files["tuned"], files["truth"], files["data"], files["ks"], files["wiener"],
+        files["tuned"], files["truth"], files["data"], files["ks"], files["wiener"], [cutouts],
         out["table.fits"], out["summary.csv"], out["maps.png"], out["stats.png"], config,
     )  # fmt: skip
     # a Wiener map that is half the truth correlates perfectly with it
@@ -516,10 +520,36 @@ def test_validate_statistics_writes_tables_and_figures(tmp_path, rng):
     np.testing.assert_allclose(summary["rho_high_wiener"], 1.0, atol=1e-12)
     assert np.all(summary["rho_high_mean"] < 1.0)
     assert np.all(summary["rho_high_mean_minus_wiener_p2.5"] < 0.0)
+    # truth (pixel variance 5) against the 4x ensemble: C_l ratio 1/4, outside the band of
+    # 2-patch averages in every l bin but the lowest two, whose few modes (16 px patches)
+    # scatter too widely; the max over l of |ratio - 1| is 0.75 plus that scatter
+    n_ell = len(res["truth"]["ell"])
+    assert np.all(summary["n_ell_truth_outside_band"] >= n_ell - 2)
+    dev = summary["max_abs_cl_truth_ensemble_minus_1"]
+    assert np.all((dev > 0.7) & (dev < 0.95))
     with fits.open(out["table.fits"]) as hdul:
-        assert [h.name for h in hdul[1:]] == ["SPECTRA", "PDF", "PEAKS", "ELLHALF"]
+        ens = hdul["ENSEMBLE"].data
+        ratio = res["truth"]["cl"].ravel() / ens["cl"]  # rows ordered bin-major, as cl
+        assert abs(np.median(ratio) - 0.25) < 0.05
+        assert np.all(ens["cl_lo"] < ens["cl"]) and np.all(ens["cl"] < ens["cl_hi"])
+        assert [h.name for h in hdul[1:]] == ["SPECTRA", "PDF", "PEAKS", "ELLHALF", "ENSEMBLE"]
         assert set(hdul["ELLHALF"].data["method"]) == set(val.METHODS)
+        assert len(hdul["ENSEMBLE"].data) == N_BINS * n_ell
+        assert hdul[0].header["NCUTOUT"] == 40
     assert out["maps.png"].stat().st_size > 10_000 and out["stats.png"].stat().st_size > 10_000
+
+
+def test_ensemble_power_band_is_the_scatter_of_patch_set_means(rng):
+    # per-patch C_l of a white field: chi^2-like scatter about 1 with 10 % rms
+    cl = 1.0 + 0.1 * rng.standard_normal(size=(4000, 2, 5))
+    band4 = val.ensemble_power_band(cl, 4, n_draws=4000, seed=1)
+    band16 = val.ensemble_power_band(cl, 16, n_draws=4000, seed=1)
+    np.testing.assert_allclose(band4["cl"], cl.mean(axis=0))
+    # 95 % of means of n: 1 +- 1.96 * 0.1 / sqrt(n) (a few % of Monte-Carlo error)
+    np.testing.assert_allclose(band4["cl_hi"] - 1.0, 1.96 * 0.05, rtol=0.1)
+    np.testing.assert_allclose(1.0 - band16["cl_lo"], 1.96 * 0.025, rtol=0.1)
+    with pytest.raises(ValueError, match="17 patches from 16 cut-outs"):
+        val.ensemble_power_band(cl[:16], 17)
 
 
 def test_truth_peaks_are_the_highest(rng):

@@ -181,7 +181,10 @@ def truth_posterior_maps(
     return fig
 
 
-def summary_statistics(results: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
+def summary_statistics(
+    results: Mapping[str, Mapping[str, np.ndarray]],
+    ensemble: Mapping[str, np.ndarray] | None = None,
+) -> Figure:
     """Figure 2 (statistics): ρ_c(ℓ), C_ℓ, one-point PDF and peak counts per bin.
 
     Parameters
@@ -192,6 +195,10 @@ def summary_statistics(results: Mapping[str, Mapping[str, np.ndarray]]) -> Figur
         :func:`kappadiff.stages.validation.compare_statistics`; the truth is drawn in black,
         and the 16-84 % range of ρ_c over patch resamplings is shaded for the posterior
         mean and Wiener.
+    ensemble
+        ``{"cl", "cl_lo", "cl_hi"}`` ``[bin, n_ell]`` on the same ℓ bins
+        (:func:`kappadiff.stages.validation.ensemble_power_band`): the simulations' mean C_ℓ,
+        dashed, and the band of patch-set averages, hatched, in the C_ℓ panels.
     """
     n_bins = next(iter(results.values()))["cl"].shape[0]
     fig, axes = plt.subplots(
@@ -234,6 +241,16 @@ def summary_statistics(results: Mapping[str, Mapping[str, np.ndarray]]) -> Figur
                 drawstyle="steps-mid",
                 label=label,
             )
+    if ensemble is not None:
+        ell = next(iter(results.values()))["ell"]
+        norm = ell * (ell + 1) / (2 * np.pi)
+        for b in range(n_bins):
+            axes[b, 1].loglog(ell, norm * ensemble["cl"][b], color="0.4", lw=1.0, ls="--",
+                              label="simulations (95 % of patch sets)")  # fmt: skip
+            axes[b, 1].fill_between(
+                ell, norm * ensemble["cl_lo"][b], norm * ensemble["cl_hi"][b],
+                facecolor="none", edgecolor="0.5", hatch="///", lw=0,
+            )  # fmt: skip
     for b in range(n_bins):
         axes[b, 0].axhline(0.5, color="k", lw=0.6, ls=":")
         axes[b, 0].set_ylim(-0.1, 1.05)

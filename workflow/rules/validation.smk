@@ -123,6 +123,7 @@ rule validate_statistics:
             f"{RESULTS}/baselines/wiener/patch_{p}.fits"
             for p in validation_patch_ids()
         ],
+        cutouts=training_cutouts(),
     output:
         table=f"{VALIDATION}/statistics.fits",
         summary=report(

@@ -43,13 +43,17 @@ from ..products import (
     write_table,
 )
 from ..seeding import derive_seed, rng_for
+from .baselines import cutout_spectra
 
 __all__ = [
     "REFERENCE_KINDS",
     "calibration_figure",
     "compare_statistics",
     "draw_tarp_references",
+    "ensemble_power_band",
     "log_ell_bins",
+    "mean_error",
+    "mean_rho",
     "mosaic_figure",
     "patch_figure",
     "read_scaling",
@@ -811,6 +815,44 @@ def compare_statistics(
     return out
 
 
+def ensemble_power_band(
+    cl: np.ndarray, n_patch: int, n_draws: int = 2000, seed: int = 0, level: float = 95.0
+) -> dict[str, np.ndarray]:
+    """The ensemble C_ℓ and the scatter of its average over ``n_patch`` patches.
+
+    Parameters
+    ----------
+    cl
+        ``[cut-out, bin, n_ell]``: binned C_ℓ of simulated patches (the training cut-outs).
+    n_patch
+        Patches in the validation average.
+    n_draws, seed
+        Random sets of ``n_patch`` distinct cut-outs.
+    level
+        Central percentage of the sets' averages that the band holds.
+
+    Returns
+    -------
+    dict
+        ``cl [bin, n_ell]``, the mean over all cut-outs, and ``cl_lo``, ``cl_hi`` [bin,
+        n_ell], the band of ``n_patch``-patch averages. A validation set whose truth lies
+        outside it differs from the ensemble by more than patch sample variance; a posterior
+        that follows the prior where the data are weak then differs from that truth too.
+        Cut-outs from all over the sky are independent; patches of one footprint share
+        large-scale modes, so the band is narrower than the scatter of real patch sets.
+    """
+    cl = np.asarray(cl, dtype=np.float64)
+    if not 1 <= n_patch <= cl.shape[0]:
+        raise ValueError(f"ensemble_power_band: {n_patch} patches from {cl.shape[0]} cut-outs")
+    rng = np.random.default_rng(seed)
+    means = np.stack(
+        [cl[rng.choice(cl.shape[0], n_patch, replace=False)].mean(axis=0) for _ in range(n_draws)]
+    )
+    tail = 0.5 * (100.0 - level)
+    lo, hi = np.percentile(means, [tail, 100.0 - tail], axis=0)
+    return {"cl": cl.mean(axis=0), "cl_lo": lo, "cl_hi": hi}
+
+
 def _edges_from_truth(truth: np.ndarray, n: int, lo_sigma: float, hi_sigma: float) -> np.ndarray:
     """Per-bin κ edges ``[bin, n + 1]`` from ``lo_sigma`` to ``hi_sigma`` truth std about 0."""
     sigma = truth.std(axis=(0, 2, 3))
@@ -823,6 +865,7 @@ def validate_statistics(
     data_paths: Sequence[str | os.PathLike],
     ks_paths: Sequence[str | os.PathLike],
     wiener_paths: Sequence[str | os.PathLike],
+    cutout_paths: Sequence[str | os.PathLike],
     table_output: str | os.PathLike,
     summary_output: str | os.PathLike,
     maps_figure: str | os.PathLike,
@@ -836,13 +879,18 @@ def validate_statistics(
     tuned_paths, truth_paths, data_paths, ks_paths, wiener_paths
         Per mock patch (same order): the ``tuned`` run's posterior (SAMPLES, MEAN, STD), the
         truth (KAPPA), the pixelised data (MASK), the KS and Wiener maps (KAPPA).
+    cutout_paths
+        The training cut-outs (``.npy``; ``validation.n_ensemble_cutouts`` evenly spaced per
+        file are used): the ensemble C_ℓ and the sample-variance band of a
+        ``len(truth_paths)``-patch average (:func:`ensemble_power_band`).
     table_output
         ``results/validation/statistics.fits``: HDUs SPECTRA (method, bin, ell, cl, rho),
-        PDF (method, bin, kappa, density), PEAKS (method, bin, kappa, count) and ELLHALF
-        (method, bin, ell_half).
+        PDF (method, bin, kappa, density), PEAKS (method, bin, kappa, count), ELLHALF
+        (method, bin, ell_half) and ENSEMBLE (bin, ell, cl, cl_lo, cl_hi).
     summary_output
         ``results/validation/summary.csv``, one row per bin: ℓ₀.₅ of each method, the ratio
-        ℓ₀.₅(DPS samples)/ℓ₀.₅(Wiener), and max |C_ℓ(samples)/C_ℓ(truth) − 1| over ℓ.
+        ℓ₀.₅(DPS samples)/ℓ₀.₅(Wiener), max |C_ℓ(samples)/C_ℓ(truth) − 1| over ℓ, and the
+        truth's and the samples' largest departure from the ensemble C_ℓ.
     maps_figure, stats_figure
         Figure 2: truth/mean/std/mask of the first mock patch, and the statistics.
     config
@@ -883,6 +931,16 @@ def validate_statistics(
         n_bootstrap=int(v["n_bootstrap"]),
         seed=int(config["seed"]),
     )
+    _, cl_cutouts = cutout_spectra(
+        cutout_paths, npix, pixel_scale, ell_edges, int(v["n_ensemble_cutouts"])
+    )
+    n_patch = maps["truth"].shape[0]
+    if cl_cutouts.shape[0] < n_patch:
+        raise ValueError(
+            f"{cl_cutouts.shape[0]} training cut-outs used, fewer than the {n_patch} mock "
+            "patches: raise validation.n_ensemble_cutouts"
+        )
+    ensemble = ensemble_power_band(cl_cutouts, n_patch, seed=int(config["seed"]))
 
     n_bins = maps["truth"].shape[1]
     spectra: dict[str, list] = {k: [] for k in ("method", "bin", "ell", "cl", "rho")}
@@ -921,12 +979,26 @@ def validate_statistics(
             out.append(fits.Column(name=key, format=fmt, array=arr))
         return fits.BinTableHDU.from_columns(out, name=name)
 
+    ell = res["truth"]["ell"]
+    band = {
+        "bin": np.repeat(np.arange(1, n_bins + 1), ell.size),
+        "ell": np.tile(ell, n_bins),
+        **{k: ensemble[k].ravel() for k in ("cl", "cl_lo", "cl_hi")},
+    }
     write_fits(
         table_output,
-        [hdu("SPECTRA", spectra), hdu("PDF", pdfs), hdu("PEAKS", peaks), hdu("ELLHALF", half)],
-        primary_header=provenance(config, NPATCH=len(truth_paths), NSAMPLE=samples.shape[0]),
+        [
+            hdu("SPECTRA", spectra),
+            hdu("PDF", pdfs),
+            hdu("PEAKS", peaks),
+            hdu("ELLHALF", half),
+            hdu("ENSEMBLE", band),
+        ],
+        primary_header=provenance(
+            config, NPATCH=n_patch, NSAMPLE=samples.shape[0], NCUTOUT=cl_cutouts.shape[0]
+        ),
     )
-    _write_summary(summary_output, res)
+    _write_summary(summary_output, res, ensemble)
     first = {k: maps[k][0] for k in ("truth", "mean")}
     std0 = _read_stack(tuned_paths[:1], "STD")[0]
     _save_figure(
@@ -935,7 +1007,7 @@ def validate_statistics(
         ),
         maps_figure,
     )
-    _save_figure(plots.summary_statistics(res), stats_figure)
+    _save_figure(plots.summary_statistics(res, ensemble), stats_figure)
     return res
 
 
@@ -945,12 +1017,19 @@ def _percentiles(x: np.ndarray, q: Sequence[float]) -> list[float]:
     return [float(v) for v in np.percentile(x, q)] if x.size else [float("nan")] * len(q)
 
 
-def _write_summary(path: str | os.PathLike, res: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+def _write_summary(
+    path: str | os.PathLike,
+    res: Mapping[str, Mapping[str, np.ndarray]],
+    ensemble: Mapping[str, np.ndarray],
+) -> None:
     """Per-bin headline numbers of the validation, as CSV.
 
     "High ℓ" is the upper half of the ℓ bins; ``rho_high_*`` is ρ_c averaged over them,
     and ``rho_high_mean_minus_wiener_p2.5`` the 2.5th percentile of the posterior mean's
-    lead over Wiener across patch resamplings.
+    lead over Wiener across patch resamplings. ``max_abs_cl_{truth,samples}_ensemble_minus_1``
+    compare with the training cut-outs' mean C_ℓ, and ``n_ell_truth_outside_band`` counts the
+    ℓ bins where the truth's C_ℓ is outside the band of patch-set averages
+    (:func:`ensemble_power_band`).
     """
     methods = [m for m in METHODS if m in res and m != "truth"]
     ratio_cl = res["samples"]["cl"] / res["truth"]["cl"]
@@ -972,9 +1051,14 @@ def _write_summary(path: str | os.PathLike, res: Mapping[str, Mapping[str, np.nd
                 "rho_high_wiener",
                 "rho_high_ks",
                 "rho_high_mean_minus_wiener_p2.5",
+                "max_abs_cl_truth_ensemble_minus_1",
+                "max_abs_cl_samples_ensemble_minus_1",
+                "n_ell_truth_outside_band",
             ]
         )
     ]
+    cl_truth = res["truth"]["cl"]
+    outside = (cl_truth < ensemble["cl_lo"]) | (cl_truth > ensemble["cl_hi"])
     # ratio of each patch resampling (the same draws for both methods)
     boot_ratio = res["mean"]["ell_half_boot"] / res["wiener"]["ell_half_boot"]
     for b in range(ratio_cl.shape[0]):
@@ -987,6 +1071,11 @@ def _write_summary(path: str | os.PathLike, res: Mapping[str, Mapping[str, np.nd
             float(np.max(np.abs(ratio_cl[b] - 1.0))),
             *(float(res[m]["rho"][b, high].mean()) for m in ("mean", "wiener", "ks")),
             *_percentiles(lead[:, b], (2.5,)),
+            *(
+                float(np.max(np.abs(res[m]["cl"][b] / ensemble["cl"][b] - 1.0)))
+                for m in ("truth", "samples")
+            ),
+            int(outside[b].sum()),
         ]
         lines.append(",".join([str(b + 1)] + [f"{x:.6g}" for x in values]))
     with atomic_output(path) as tmp, open(tmp, "w") as f:
