@@ -153,3 +153,18 @@ def test_signal_power_path(tmp_path):
     assert baselines.signal_power_path(config).endswith("baselines/signal_power.fits")
     config["lensing"]["wiener_signal_power"] = "/data/cl.fits"
     assert baselines.signal_power_path(config) == "/data/cl.fits"
+
+
+def test_read_cutouts_spaces_them_evenly_through_the_files(tmp_path):
+    files = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    np.save(files[0], np.arange(3, dtype=np.float32)[:, None, None, None] * np.ones((3, 2, 4, 4)))
+    np.save(
+        files[1], (3 + np.arange(5, dtype=np.float32))[:, None, None, None] * np.ones((5, 2, 4, 4))
+    )
+    got = baselines.read_cutouts(files, 4)
+    # cut-outs 0..7 across the two files; 4 evenly spaced: 0, 2 (2.33), 5 (4.67), 7
+    np.testing.assert_array_equal(got[:, 0, 0, 0], [0.0, 2.0, 5.0, 7.0])
+    assert got.dtype == np.float64
+    np.save(files[1], np.ones((5, 3, 4, 4), dtype=np.float32))
+    with pytest.raises(ProductError, match="b.npy: cut-outs of shape"):
+        baselines.read_cutouts(files, 4)

@@ -461,7 +461,8 @@ def test_sample_mock_overrides_sampling_and_reuses_a_matching_run(tmp_path, monk
         val.sample_mock("d", "m", "o", config, 0)
 
 
-def test_draw_tarp_references_from_a_tiny_prior(tmp_path):
+def _tiny_prior(path):
+    """A checkpoint of an untrained 16 px, 4-bin prior (κ scale 0.02)."""
     import torch
 
     from kappadiff.diffusion.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
@@ -476,15 +477,64 @@ def test_draw_tarp_references_from_a_tiny_prior(tmp_path):
     state = {"format": CHECKPOINT_FORMAT, "unet": unet.to_dict(), "ema": UNet(unet).state_dict(),
              "schedule": {"name": "sigmoid", "T": 1000}, "normalisation": norm.to_dict(),
              "npix": 16, "step": 0}  # fmt: skip
-    save_checkpoint(tmp_path / "model.pt", state)
+    save_checkpoint(path, state)
+    return path
+
+
+def test_draw_tarp_references_from_a_tiny_prior(tmp_path):
+    model = _tiny_prior(tmp_path / "model.pt")
     config = _config()
-    a = val.draw_tarp_references(tmp_path / "model.pt", tmp_path / "a.fits", config)
-    b = val.draw_tarp_references(tmp_path / "model.pt", tmp_path / "b.fits", config)
+    a = val.draw_tarp_references(model, tmp_path / "a.fits", config)
+    b = val.draw_tarp_references(model, tmp_path / "b.fits", config)
     ka = products.read_images(a, ["KAPPA"])[0]["KAPPA"]
     assert ka.shape == (2, N_BINS, 16, 16) and np.all(np.isfinite(ka))
     np.testing.assert_array_equal(ka, products.read_images(b, ["KAPPA"])[0]["KAPPA"])
     with pytest.raises(ValueError, match="layout.npix = 32"):
-        val.draw_tarp_references(tmp_path / "model.pt", tmp_path / "c.fits", _config(npix=32))
+        val.draw_tarp_references(model, tmp_path / "c.fits", _config(npix=32))
+
+
+def test_compare_prior_measures_the_power_ratio(rng):
+    sims = rng.normal(size=(20, N_BINS, 16, 16))
+    edges = val.log_ell_bins(16, 16.0, 6)
+    pdf_edges = np.tile(np.linspace(-8, 8, 11), (N_BINS, 1))
+    peak_edges = np.tile(np.linspace(-2, 8, 6), (N_BINS, 1))
+    res = val.compare_prior(2.0 * sims, sims, 16.0, edges, pdf_edges, peak_edges)
+    # the same maps at twice the amplitude: exactly 4x the power, the same peaks per map
+    np.testing.assert_allclose(res["prior"]["cl"] / res["simulations"]["cl"], 4.0, rtol=1e-12)
+    np.testing.assert_allclose(res["prior"]["cl_err"], 4.0 * res["simulations"]["cl_err"])
+    assert res["prior"]["peaks"].sum() == pytest.approx(res["simulations"]["peaks"].sum(), rel=0.3)
+    # the simulations' C_l from separately given spectra, when there are more of them
+    more = np.full((50, N_BINS, len(res["prior"]["ell"])), 3.0)
+    res2 = val.compare_prior(2.0 * sims, sims, 16.0, edges, pdf_edges, peak_edges, more)
+    np.testing.assert_array_equal(res2["simulations"]["cl"], 3.0)
+    np.testing.assert_array_equal(res2["simulations"]["cl_err"], 0.0)
+    np.testing.assert_array_equal(res2["prior"]["cl"], res["prior"]["cl"])
+    # a wider PDF: less density in the centre bin
+    centre = pdf_edges.shape[1] // 2 - 1
+    assert np.all(res["prior"]["pdf"][:, centre] < res["simulations"]["pdf"][:, centre])
+
+
+def test_prior_statistics_writes_the_table_and_figure(tmp_path, rng):
+    model = _tiny_prior(tmp_path / "model.pt")
+    config = _config(n_prior_draws=3)
+    cutouts = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    for path in cutouts:
+        np.save(path, 0.02 * rng.normal(size=(2, N_BINS, 16, 16)).astype(np.float32))
+    res = val.prior_statistics(
+        model, cutouts, tmp_path / "prior.fits", tmp_path / "prior.png", config
+    )
+    assert res["prior"]["cl"].shape == res["simulations"]["cl"].shape
+    with fits.open(tmp_path / "prior.fits") as hdul:
+        assert [h.name for h in hdul[1:]] == ["SPECTRA", "PDF", "PEAKS"]
+        assert hdul[0].header["NDRAW"] == 3 and hdul[0].header["NSIM"] == 3
+        assert hdul[0].header["NSIMCL"] == 4  # every cut-out's C_l
+        spectra = hdul["SPECTRA"].data
+        assert set(spectra["source"]) == {"prior", "simulations"}
+        assert np.all(np.isfinite(spectra["cl"])) and np.all(spectra["cl"] > 0)
+    assert (tmp_path / "prior.png").stat().st_size > 10_000
+    config = _config(n_prior_draws=5)
+    with pytest.raises(ValueError, match="5 cut-outs wanted, 4 in 2 files"):
+        val.prior_statistics(model, cutouts, tmp_path / "p.fits", tmp_path / "p.png", config)
 
 
 def test_validate_statistics_writes_tables_and_figures(tmp_path, rng):

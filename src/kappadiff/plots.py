@@ -21,6 +21,7 @@ __all__ = [
     "patch_reconstructions",
     "prior_loss_curve",
     "prior_samples_grid",
+    "prior_statistics",
     "summary_statistics",
     "truth_posterior_maps",
 ]
@@ -86,7 +87,49 @@ def prior_samples_grid(
 
 # --- validation on mocks (figures 1-4 of the validation report) ------------------------
 
+
 #: Colours and labels of the methods compared with the truth (the truth is black).
+def prior_statistics(results: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
+    """The prior against the simulations: C_ℓ ratio, one-point PDF and peak counts per bin.
+
+    Parameters
+    ----------
+    results
+        ``{"prior": ..., "simulations": ...}`` with ``ell``, ``cl``, ``cl_err``, ``pdf``,
+        ``pdf_kappa``, ``peaks`` and ``peak_kappa``
+        (:func:`kappadiff.stages.validation.compare_prior`).
+    """
+    prior, sims = results["prior"], results["simulations"]
+    n_bins = prior["cl"].shape[0]
+    fig, axes = plt.subplots(
+        n_bins, 3, figsize=(10, 2.4 * n_bins + 0.4), squeeze=False, layout="constrained"
+    )
+    ratio = prior["cl"] / sims["cl"]
+    err = ratio * np.hypot(prior["cl_err"] / prior["cl"], sims["cl_err"] / sims["cl"])
+    for b in range(n_bins):
+        ax = axes[b, 0]
+        ax.errorbar(prior["ell"], ratio[b], yerr=err[b], color="C0", marker="o", ms=3, lw=1)
+        ax.axhline(1.0, color="k", lw=0.8)
+        for y in (0.8, 1.2):
+            ax.axhline(y, color="k", lw=0.6, ls=":")
+        ax.set_xscale("log")
+        ax.set_ylabel(f"bin {b + 1}\nC_ℓ prior / simulations")
+        for col, key, label in ((1, "pdf", "PDF"), (2, "peaks", "peaks per map")):
+            for name, r, color in (("simulations", sims, "k"), ("prior draws", prior, "C0")):
+                y = r[key][b]
+                if key == "pdf":
+                    axes[b, col].semilogy(r["pdf_kappa"][b], np.where(y > 0, y, np.nan),
+                                          color=color, label=name)  # fmt: skip
+                else:
+                    axes[b, col].plot(r["peak_kappa"][b], y, color=color, drawstyle="steps-mid",
+                                      label=name)  # fmt: skip
+            axes[b, col].set_ylabel(label)
+    axes[0, 1].legend(fontsize=7)
+    for j, xl in enumerate(("ℓ", "κ", "peak height κ")):
+        axes[-1, j].set_xlabel(xl)
+    return fig
+
+
 METHOD_STYLE = {
     "samples": ("C0", "DPS samples"),
     "mean": ("C1", "DPS mean"),

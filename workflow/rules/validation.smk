@@ -56,6 +56,35 @@ rule tarp_references:
         "../../scripts/tarp_references.py"
 
 
+rule prior_statistics:
+    """C_ell, PDF and peaks of unconditional prior draws against the training simulations."""
+    input:
+        model=f"{RESULTS}/prior/model.pt",
+        cutouts=training_cutouts(),
+    output:
+        table=f"{VALIDATION}/prior_statistics.fits",
+        figure=report(
+            f"{VALIDATION}/fig0_prior.png",
+            caption="../report/validation_prior.rst",
+            category="Validation",
+        ),
+    log:
+        f"{RESULTS}/logs/prior_statistics.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prior_statistics.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        runtime=config["sampling"]["runtime_min"],
+        mem_mb=config["sampling"]["mem_mb"],
+        gpu=1,
+    params:
+        config=validation_params(),
+    script:
+        "../../scripts/prior_statistics.py"
+
+
 rule tarp_search:
     """TARP coverage of every candidate scaling and of unscaled DPS; the best goes to scaling.fits."""
     input:
@@ -210,6 +239,8 @@ rule validate_mosaic_figure:
 
 ALL_TARGETS.extend(
     [
+        f"{VALIDATION}/prior_statistics.fits",
+        f"{VALIDATION}/fig0_prior.png",
         f"{VALIDATION}/scaling.fits",
         f"{VALIDATION}/tarp_search.fits",
         f"{VALIDATION}/tarp_coverage.fits",

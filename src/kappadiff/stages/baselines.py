@@ -33,6 +33,7 @@ from ..products import (
 __all__ = [
     "MEASURED",
     "cutout_spectra",
+    "read_cutouts",
     "kaiser_squires_patch_file",
     "measure_signal_power",
     "read_signal_power",
@@ -117,6 +118,38 @@ def cutout_spectra(
             spectra.append(cl)
         log.info("%s: %d of %d cut-outs used", path, chosen.size, cut.shape[0])
     return ell, np.concatenate(spectra)
+
+
+def read_cutouts(cutout_files: Sequence[str | os.PathLike], n: int) -> np.ndarray:
+    """``n`` training cut-outs ``[n, bin, row, col]`` (float64), evenly spaced through the files.
+
+    Raises :class:`ProductError` naming the file on a shape that differs from the first
+    file's or on non-finite κ, and ``ValueError`` when the files hold fewer than ``n``.
+    """
+    if not cutout_files:
+        raise ValueError("read_cutouts: no cut-out files")
+    arrays = [np.load(path, mmap_mode="r") for path in cutout_files]
+    for path, a in zip(cutout_files, arrays, strict=True):
+        if a.ndim != 4 or a.shape[1:] != arrays[0].shape[1:]:
+            raise ProductError(
+                f"{path}: cut-outs of shape {a.shape}, but {cutout_files[0]} has "
+                f"[patch, {', '.join(map(str, arrays[0].shape[1:]))}]"
+            )
+    sizes = np.array([a.shape[0] for a in arrays])
+    if sizes.sum() < n:
+        raise ValueError(f"{n} cut-outs wanted, {int(sizes.sum())} in {len(cutout_files)} files")
+    wanted = np.unique(np.linspace(0, sizes.sum() - 1, n).round().astype(int))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    out = []
+    for path, a, start, size in zip(cutout_files, arrays, starts, sizes, strict=True):
+        local = wanted[(wanted >= start) & (wanted < start + size)] - start
+        if local.size:
+            block = np.asarray(a[local], dtype=np.float64)
+            bad = ~np.isfinite(block)
+            if bad.any():
+                raise ProductError(f"{path}: {int(bad.sum())} non-finite κ values in the cut-outs")
+            out.append(block)
+    return np.concatenate(out)
 
 
 def measure_signal_power(

@@ -43,11 +43,12 @@ from ..products import (
     write_table,
 )
 from ..seeding import derive_seed, rng_for
-from .baselines import cutout_spectra
+from .baselines import cutout_spectra, read_cutouts
 
 __all__ = [
     "REFERENCE_KINDS",
     "calibration_figure",
+    "compare_prior",
     "compare_statistics",
     "draw_tarp_references",
     "ensemble_power_band",
@@ -56,6 +57,7 @@ __all__ = [
     "mean_rho",
     "mosaic_figure",
     "patch_figure",
+    "prior_statistics",
     "read_scaling",
     "run_coverage",
     "sample_mock",
@@ -197,6 +199,41 @@ def sample_mock(
 # 2. TARP references from the prior
 
 
+def _draw_prior_maps(
+    model_path: str | os.PathLike, n: int, seed: int, config: Mapping[str, Any], threads: int
+) -> tuple[np.ndarray, Any, int]:
+    """``n`` unconditional κ maps ``[n, bin, npix, npix]`` (DDIM, ``validation.n_steps``, η).
+
+    Returns the maps, the prior (for its hash) and the number of network evaluations a map.
+    """
+    import torch
+
+    from ..diffusion.checkpoint import load_prior
+    from ..diffusion.sampler import ddim_sample, timestep_sequence
+
+    torch.set_num_threads(max(1, int(threads)))
+    npix = int(config["layout"]["npix"])
+    prior = load_prior(model_path, torch.device("cpu"))
+    n_bins = len(prior.normalisation.mean)
+    if prior.npix != npix:
+        raise ValueError(
+            f"{model_path}: prior trained on {prior.npix} px patches, layout.npix = {npix}"
+        )
+    steps = timestep_sequence(int(prior.schedule.T), int(config["validation"]["n_steps"]))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        x = ddim_sample(
+            prior.model,
+            prior.schedule,
+            (n, n_bins, npix, npix),
+            steps,
+            float(config["sampling"]["eta"]),
+            generator,
+        )
+        kappa = prior.to_kappa(x).cpu().numpy()
+    return kappa, prior, len(steps)
+
+
 def draw_tarp_references(
     model_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -208,40 +245,163 @@ def draw_tarp_references(
     Writes HDU KAPPA ``[sample, bin, row, col]`` (``validation.n_references`` maps of the
     patch size), drawn with ``validation.n_steps`` steps and the sampling η.
     """
-    import torch
-
-    from ..diffusion.checkpoint import load_prior
-    from ..diffusion.sampler import ddim_sample, timestep_sequence
-
-    torch.set_num_threads(max(1, int(threads)))
-    v = config["validation"]
-    npix = int(config["layout"]["npix"])
-    prior = load_prior(model_path, torch.device("cpu"))
-    n_bins = len(prior.normalisation.mean)
-    if prior.npix != npix:
-        raise ValueError(
-            f"{model_path}: prior trained on {prior.npix} px patches, layout.npix = {npix}"
-        )
-    steps = timestep_sequence(int(prior.schedule.T), int(v["n_steps"]))
     seed = derive_seed(config["seed"], "tarp_references")
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        x = ddim_sample(
-            prior.model,
-            prior.schedule,
-            (int(v["n_references"]), n_bins, npix, npix),
-            steps,
-            float(config["sampling"]["eta"]),
-            generator,
-        )
-        kappa = prior.to_kappa(x).cpu().numpy()
-    header = provenance(config, seed=seed, model_hash=prior.hash or None, NFE=len(steps))
-    log.info("%d prior reference maps, %d steps", len(kappa), len(steps))
+    n = int(config["validation"]["n_references"])
+    kappa, prior, nfe = _draw_prior_maps(model_path, n, seed, config, threads)
+    header = provenance(config, seed=seed, model_hash=prior.hash or None, NFE=nfe)
+    log.info("%d prior reference maps, %d steps", len(kappa), nfe)
     return write_fits(output_path, [image_hdu("KAPPA", kappa)], primary_header=header)
+
+
+def compare_prior(
+    draws: np.ndarray,
+    sims: np.ndarray,
+    pixel_scale_arcmin: float,
+    ell_edges: np.ndarray,
+    pdf_edges: np.ndarray,
+    peak_edges: np.ndarray,
+    sims_cl: np.ndarray | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """C_ℓ, one-point PDF and peak counts of prior draws and of simulated patches.
+
+    Parameters
+    ----------
+    draws, sims
+        ``[map, bin, n, n]``: unconditional draws of the prior and training cut-outs.
+    pixel_scale_arcmin, ell_edges
+        Pixel side and ℓ-bin edges ``[n_ell + 1]``.
+    pdf_edges, peak_edges
+        κ-bin edges per bin ``[bin, n + 1]``.
+    sims_cl
+        Optional binned C_ℓ ``[cut-out, bin, n_ell]`` of more simulated patches than
+        ``sims`` (:func:`kappadiff.stages.baselines.cutout_spectra`) for the simulations'
+        C_ℓ, so that its error is small against the draws'.
+
+    Returns
+    -------
+    dict
+        ``out["prior"]``, ``out["simulations"]``: ``ell``, ``cl [bin, n_ell]`` (mean over
+        maps) and ``cl_err`` (its standard error), ``pdf``/``pdf_kappa`` and
+        ``peaks``/``peak_kappa`` ``[bin, n]`` (peaks per map).
+    """
+    out = {}
+    for name, maps in (("prior", draws), ("simulations", sims)):
+        maps = np.asarray(maps, dtype=np.float64)
+        ell, cl = stats.power_spectrum_flat(maps, pixel_scale_arcmin, ell_edges)
+        if name == "simulations" and sims_cl is not None:
+            cl = np.asarray(sims_cl, dtype=np.float64)
+        res = {
+            "ell": ell,
+            "cl": cl.mean(axis=0),
+            "cl_err": cl.std(axis=0, ddof=1) / np.sqrt(cl.shape[0]),
+            "pdf": np.zeros((maps.shape[1], pdf_edges.shape[-1] - 1)),
+            "peaks": np.zeros((maps.shape[1], peak_edges.shape[-1] - 1)),
+            "pdf_kappa": 0.5 * (pdf_edges[:, 1:] + pdf_edges[:, :-1]),
+            "peak_kappa": 0.5 * (peak_edges[:, 1:] + peak_edges[:, :-1]),
+        }
+        for b in range(maps.shape[1]):
+            res["pdf"][b] = stats.pdf(maps[:, b], pdf_edges[b])[1].mean(axis=0)
+            res["peaks"][b] = stats.peak_counts(maps[:, b], peak_edges[b])[1].mean(axis=0)
+        out[name] = res
+    return out
+
+
+def prior_statistics(
+    model_path: str | os.PathLike,
+    cutout_paths: Sequence[str | os.PathLike],
+    table_output: str | os.PathLike,
+    figure_output: str | os.PathLike,
+    config: Mapping[str, Any],
+    threads: int = 1,
+) -> dict[str, dict[str, np.ndarray]]:
+    """The prior against the simulations it learnt: C_ℓ, PDF and peaks of unconditional draws.
+
+    Draws ``validation.n_prior_draws`` maps with the validation runs' sampler
+    (``validation.n_steps`` DDIM steps, the sampling η) and compares their PDF and peaks
+    with as many training cut-outs, evenly spaced through ``cutout_paths``, and their C_ℓ
+    with that of ``validation.n_ensemble_cutouts`` cut-outs per file
+    (:func:`compare_prior`).
+    Where the data are weak the posterior returns the prior's statistics, so an error of
+    the prior's C_ℓ shows in the posterior's.
+
+    Writes ``table_output`` (HDUs SPECTRA: source, bin, ell, cl, cl_err; PDF: source, bin,
+    kappa, density; PEAKS: source, bin, kappa, count) and ``figure_output`` (C_ℓ ratio
+    prior / simulations with its standard error, PDF and peaks per bin).
+    """
+    v = config["validation"]
+    n = int(v["n_prior_draws"])
+    seed = derive_seed(config["seed"], "prior_statistics")
+    draws, prior, nfe = _draw_prior_maps(model_path, n, seed, config, threads)
+    sims = read_cutouts(cutout_paths, n)
+    pixel_scale = float(config["layout"]["pixel_scale_arcmin"])
+    ell_edges = log_ell_bins(draws.shape[-1], pixel_scale, int(v["n_ell_bins"]))
+    pdf_edges = _edges_from_truth(sims, int(v["n_pdf_bins"]), -4.0, 6.0)
+    peak_edges = _edges_from_truth(sims, int(v["n_peak_bins"]), -1.0, 5.0)
+    _, sims_cl = cutout_spectra(
+        cutout_paths, draws.shape[-1], pixel_scale, ell_edges, int(v["n_ensemble_cutouts"])
+    )
+    res = compare_prior(draws, sims, pixel_scale, ell_edges, pdf_edges, peak_edges, sims_cl)
+    ratio = res["prior"]["cl"] / res["simulations"]["cl"]
+    ell = np.round(res["prior"]["ell"]).astype(int).tolist()
+    for b in range(ratio.shape[0]):
+        log.info(
+            "bin %d: prior / simulations C_l %s at l = %s",
+            b + 1,
+            np.round(ratio[b], 3).tolist(),
+            ell,
+        )
+
+    def long_table(key: str, x_key: str, y_name: str, extra: Sequence[str] = ()) -> dict:
+        cols: dict[str, list] = {k: [] for k in ("source", "bin", "x", y_name, *extra)}
+        for source, r in res.items():
+            for b in range(r[key].shape[0]):
+                x = r[x_key] if r[x_key].ndim == 1 else r[x_key][b]
+                cols["source"] += [source] * len(x)
+                cols["bin"] += [b + 1] * len(x)
+                cols["x"] += list(x)
+                cols[y_name] += list(r[key][b])
+                for e in extra:
+                    cols[e] += list(r[e][b])
+        cols["ell" if key == "cl" else "kappa"] = cols.pop("x")
+        return {k: np.asarray(v) for k, v in cols.items()}
+
+    write_fits(
+        table_output,
+        [
+            _table_hdu("SPECTRA", long_table("cl", "ell", "cl", ("cl_err",))),
+            _table_hdu("PDF", long_table("pdf", "pdf_kappa", "density")),
+            _table_hdu("PEAKS", long_table("peaks", "peak_kappa", "count")),
+        ],
+        primary_header=provenance(
+            config,
+            seed=seed,
+            model_hash=prior.hash or None,
+            NFE=nfe,
+            NDRAW=n,
+            NSIM=len(sims),
+            NSIMCL=len(sims_cl),
+        ),
+    )
+    _save_figure(plots.prior_statistics(res), figure_output)
+    return res
 
 
 # --------------------------------------------------------------------------------------
 # 3./4. TARP coverage of runs
+
+
+def _table_hdu(name: str, columns: Mapping[str, np.ndarray]) -> Any:
+    """A FITS binary table HDU of equal-length columns (strings, booleans, ints, floats)."""
+    from astropy.io import fits
+
+    cols = []
+    for key, arr in columns.items():
+        if arr.dtype.kind in "US":
+            fmt = f"{max(1, max((len(x) for x in arr), default=1))}A"
+        else:
+            fmt = {"b": "L", "i": "K"}.get(arr.dtype.kind, "D")
+        cols.append(fits.Column(name=key, format=fmt, array=arr))
+    return fits.BinTableHDU.from_columns(cols, name=name)
 
 
 def _save_figure(fig, path: str | os.PathLike) -> None:
@@ -628,21 +788,9 @@ def _write_coverage(
     scalings: Mapping[str, Mapping[str, Any]],
     config: Mapping[str, Any],
 ) -> Path:
-    from astropy.io import fits
-
-    def table(name: str, columns: Mapping[str, np.ndarray]) -> fits.BinTableHDU:
-        cols = []
-        for key, arr in columns.items():
-            if arr.dtype.kind in "US":
-                fmt = f"{max(1, max(len(s) for s in arr))}A"
-            else:
-                fmt = {"b": "L", "i": "K"}.get(arr.dtype.kind, "D")
-            cols.append(fits.Column(name=key, format=fmt, array=arr))
-        return fits.BinTableHDU.from_columns(cols, name=name)
-
     hdus = [
-        table("CURVES", _coverage_columns(results)),
-        table("SUMMARY", _summary_columns(results, errors, scalings)),
+        _table_hdu("CURVES", _coverage_columns(results)),
+        _table_hdu("SUMMARY", _summary_columns(results, errors, scalings)),
     ]
     return write_fits(path, hdus, primary_header=provenance(config))
 
@@ -901,7 +1049,6 @@ def validate_statistics(
     dict
         The output of :func:`compare_statistics`.
     """
-    from astropy.io import fits
 
     v = config["validation"]
     pixel_scale = float(config["layout"]["pixel_scale_arcmin"])
@@ -967,17 +1114,8 @@ def validate_statistics(
             half["bin"].append(b + 1)
             half["ell_half"].append(float(r["ell_half"][b]))
 
-    def hdu(name: str, cols: Mapping[str, list]) -> fits.BinTableHDU:
-        out = []
-        for key, values in cols.items():
-            arr = np.asarray(values)
-            fmt = (
-                f"{max(len(x) for x in arr)}A"
-                if arr.dtype.kind == "U"
-                else ("K" if arr.dtype.kind == "i" else "D")
-            )
-            out.append(fits.Column(name=key, format=fmt, array=arr))
-        return fits.BinTableHDU.from_columns(out, name=name)
+    def hdu(name: str, cols: Mapping[str, Any]) -> Any:
+        return _table_hdu(name, {k: np.asarray(v) for k, v in cols.items()})
 
     ell = res["truth"]["ell"]
     band = {
