@@ -81,6 +81,21 @@ def write_kappa(path, kappa):
     products.write_fits(path, [products.image_hdu("KAPPA", kappa)])
 
 
+def write_candidates(directory, truth, runs):
+    """Truth files and the products of candidate runs ``{"t{t_bar}_s20": samples}``."""
+    n_patch = truth.shape[0]
+    truth_paths = [directory / f"truth_{p}.fits" for p in range(n_patch)]
+    for p, path in enumerate(truth_paths):
+        write_kappa(path, truth[p])
+    paths, scalings = {}, {}
+    for run, samples in runs.items():
+        scalings[run] = {"scaled": True, "t_bar": float(run[1:4]), "sigma_t": 20.0}
+        paths[run] = [directory / f"{run}_{p}.fits" for p in range(n_patch)]
+        for p, path in enumerate(paths[run]):
+            write_run(path, samples[:, p], scalings[run])
+    return paths, scalings, truth_paths
+
+
 def write_masks(directory, truth, mask=None):
     """Data products (HDU MASK) of each patch of ``truth [patch, bin, n, n]``; all observed."""
     mask = np.ones_like(truth) if mask is None else mask
@@ -276,15 +291,7 @@ def test_search_scaling_prefers_the_informative_calibrated_run(tmp_path, rng):
         # the posterior N(mu, 1): calibrated and close to the truth
         "t900_s20": mu + rng.normal(size=(8, *mu.shape)),
     }
-    truth_paths = [tmp_path / f"truth_{p}.fits" for p in range(n_patch)]
-    for p, path in enumerate(truth_paths):
-        write_kappa(path, truth[p])
-    paths, scalings = {}, {}
-    for run, samples in runs.items():
-        scalings[run] = {"scaled": True, "t_bar": float(run[1:4]), "sigma_t": 20.0}
-        paths[run] = [tmp_path / f"{run}_{p}.fits" for p in range(n_patch)]
-        for p, path in enumerate(paths[run]):
-            write_run(path, samples[:, p], scalings[run])
+    paths, scalings, truth_paths = write_candidates(tmp_path, truth, runs)
     write_kappa(tmp_path / "refs.fits", rng.normal(0.0, np.sqrt(5.0), size=(4, N_BINS, 16, 16)))
     data_paths = write_masks(tmp_path, truth)
     val.search_scaling(
@@ -353,15 +360,7 @@ def test_search_scaling_ranks_calibrated_runs_by_rho_not_pixel_error(tmp_path, r
         "t800_s20": 0.3 * mu + 0.1 * rng.normal(size=(8, *mu.shape)),
         "t900_s20": mu + np.sqrt(8 * 1.5) * rng.normal(size=(8, *mu.shape)),
     }
-    truth_paths = [tmp_path / f"truth_{p}.fits" for p in range(n_patch)]
-    for p, path in enumerate(truth_paths):
-        write_kappa(path, truth[p])
-    paths, scalings = {}, {}
-    for run, samples in runs.items():
-        scalings[run] = {"scaled": True, "t_bar": float(run[1:4]), "sigma_t": 20.0}
-        paths[run] = [tmp_path / f"{run}_{p}.fits" for p in range(n_patch)]
-        for p, path in enumerate(paths[run]):
-            write_run(path, samples[:, p], scalings[run])
+    paths, scalings, truth_paths = write_candidates(tmp_path, truth, runs)
     write_kappa(tmp_path / "refs.fits", rng.normal(0.0, np.sqrt(5.0), size=(4, N_BINS, 16, 16)))
     val.search_scaling(
         paths, scalings, truth_paths, write_masks(tmp_path, truth), tmp_path / "refs.fits",
