@@ -528,6 +528,8 @@ def test_prior_statistics_writes_the_table_and_figure(tmp_path, rng):
         assert hdul[0].header["NDRAW"] == 3 and hdul[0].header["NSIM"] == 3
         assert hdul[0].header["NSIMCL"] == 4  # every cut-out's C_l
         spectra = hdul["SPECTRA"].data
+        assert spectra.columns.names == ["source", "bin", "ell", "cl", "cl_err"]
+        assert hdul["PEAKS"].data.columns.names == ["source", "bin", "kappa", "count"]
         assert set(spectra["source"]) == {"prior", "simulations"}
         assert np.all(np.isfinite(spectra["cl"])) and np.all(spectra["cl"] > 0)
     assert (tmp_path / "prior.png").stat().st_size > 10_000

@@ -204,34 +204,27 @@ def _draw_prior_maps(
 ) -> tuple[np.ndarray, Any, int]:
     """``n`` unconditional κ maps ``[n, bin, npix, npix]`` (DDIM, ``validation.n_steps``, η).
 
-    Returns the maps, the prior (for its hash) and the number of network evaluations a map.
+    On the job's GPU when there is one, 16 maps at a time
+    (:func:`kappadiff.stages.prior.draw_prior_samples`). Returns the maps, the prior (for
+    its hash) and the number of network evaluations a map.
     """
     import torch
 
     from ..diffusion.checkpoint import load_prior
-    from ..diffusion.sampler import ddim_sample, timestep_sequence
+    from ..diffusion.sampler import timestep_sequence
+    from .prior import draw_prior_samples
 
     torch.set_num_threads(max(1, int(threads)))
     npix = int(config["layout"]["npix"])
-    prior = load_prior(model_path, torch.device("cpu"))
-    n_bins = len(prior.normalisation.mean)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    prior = load_prior(model_path, device)
     if prior.npix != npix:
         raise ValueError(
             f"{model_path}: prior trained on {prior.npix} px patches, layout.npix = {npix}"
         )
-    steps = timestep_sequence(int(prior.schedule.T), int(config["validation"]["n_steps"]))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        x = ddim_sample(
-            prior.model,
-            prior.schedule,
-            (n, n_bins, npix, npix),
-            steps,
-            float(config["sampling"]["eta"]),
-            generator,
-        )
-        kappa = prior.to_kappa(x).cpu().numpy()
-    return kappa, prior, len(steps)
+    n_steps = int(config["validation"]["n_steps"])
+    kappa = draw_prior_samples(prior, n, n_steps, float(config["sampling"]["eta"]), seed)
+    return kappa, prior, len(timestep_sequence(int(prior.schedule.T), n_steps))
 
 
 def draw_tarp_references(
@@ -351,26 +344,27 @@ def prior_statistics(
             ell,
         )
 
-    def long_table(key: str, x_key: str, y_name: str, extra: Sequence[str] = ()) -> dict:
-        cols: dict[str, list] = {k: [] for k in ("source", "bin", "x", y_name, *extra)}
+    def long_table(key: str, x_name: str, y_name: str, extra: Sequence[str] = ()) -> dict:
+        """Rows (source, bin, x, y, extra...) of ``res[source][key]``; x is ℓ or κ."""
+        x_key = {"cl": "ell", "pdf": "pdf_kappa", "peaks": "peak_kappa"}[key]
+        cols: dict[str, list] = {k: [] for k in ("source", "bin", x_name, y_name, *extra)}
         for source, r in res.items():
             for b in range(r[key].shape[0]):
                 x = r[x_key] if r[x_key].ndim == 1 else r[x_key][b]
                 cols["source"] += [source] * len(x)
                 cols["bin"] += [b + 1] * len(x)
-                cols["x"] += list(x)
+                cols[x_name] += list(x)
                 cols[y_name] += list(r[key][b])
                 for e in extra:
                     cols[e] += list(r[e][b])
-        cols["ell" if key == "cl" else "kappa"] = cols.pop("x")
-        return {k: np.asarray(v) for k, v in cols.items()}
+        return {name: np.asarray(values) for name, values in cols.items()}
 
     write_fits(
         table_output,
         [
             _table_hdu("SPECTRA", long_table("cl", "ell", "cl", ("cl_err",))),
-            _table_hdu("PDF", long_table("pdf", "pdf_kappa", "density")),
-            _table_hdu("PEAKS", long_table("peaks", "peak_kappa", "count")),
+            _table_hdu("PDF", long_table("pdf", "kappa", "density")),
+            _table_hdu("PEAKS", long_table("peaks", "kappa", "count")),
         ],
         primary_header=provenance(
             config,
