@@ -88,7 +88,6 @@ def prior_samples_grid(
 # --- validation on mocks (figures 1-4 of the validation report) ------------------------
 
 
-#: Colours and labels of the methods compared with the truth (the truth is black).
 def prior_statistics(results: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
     """The prior against the simulations: C_ℓ ratio, one-point PDF and peak counts per bin.
 
@@ -130,6 +129,7 @@ def prior_statistics(results: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
     return fig
 
 
+#: Colours and labels of the methods compared with the truth (the truth is black).
 METHOD_STYLE = {
     "samples": ("C0", "DPS samples"),
     "mean": ("C1", "DPS mean"),

@@ -62,6 +62,16 @@ def _pixel_scale(config: Mapping[str, Any]) -> float:
     return float(config["layout"]["pixel_scale_arcmin"])
 
 
+def _finite_block(path: str | os.PathLike, cut: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Cut-outs ``cut[index]`` as float64; :class:`ProductError` naming ``path`` if any is
+    not finite."""
+    block = np.asarray(cut[index], dtype=np.float64)
+    bad = ~np.isfinite(block)
+    if bad.any():
+        raise ProductError(f"{path}: {int(bad.sum())} non-finite κ values in the cut-outs")
+    return block
+
+
 def cutout_spectra(
     cutout_files: Sequence[str | os.PathLike],
     npix: int,
@@ -110,10 +120,7 @@ def cutout_spectra(
         chosen = np.unique(np.linspace(0, cut.shape[0] - 1, min(per_file, cut.shape[0])).round())
         chosen = chosen.astype(int)
         for start in range(0, chosen.size, CUTOUT_CHUNK):
-            block = np.asarray(cut[chosen[start : start + CUTOUT_CHUNK]], dtype=np.float64)
-            bad = ~np.isfinite(block)
-            if bad.any():
-                raise ProductError(f"{path}: {int(bad.sum())} non-finite κ values in the cut-outs")
+            block = _finite_block(path, cut, chosen[start : start + CUTOUT_CHUNK])
             ell, cl = stats.power_spectrum_flat(block, pixel_scale_arcmin, ell_edges)
             spectra.append(cl)
         log.info("%s: %d of %d cut-outs used", path, chosen.size, cut.shape[0])
@@ -144,11 +151,7 @@ def read_cutouts(cutout_files: Sequence[str | os.PathLike], n: int) -> np.ndarra
     for path, a, start, size in zip(cutout_files, arrays, starts, sizes, strict=True):
         local = wanted[(wanted >= start) & (wanted < start + size)] - start
         if local.size:
-            block = np.asarray(a[local], dtype=np.float64)
-            bad = ~np.isfinite(block)
-            if bad.any():
-                raise ProductError(f"{path}: {int(bad.sum())} non-finite κ values in the cut-outs")
-            out.append(block)
+            out.append(_finite_block(path, a, local))
     return np.concatenate(out)
 
 

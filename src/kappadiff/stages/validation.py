@@ -280,21 +280,17 @@ def compare_prior(
     out = {}
     for name, maps in (("prior", draws), ("simulations", sims)):
         maps = np.asarray(maps, dtype=np.float64)
-        ell, cl = stats.power_spectrum_flat(maps, pixel_scale_arcmin, ell_edges)
         if name == "simulations" and sims_cl is not None:
             cl = np.asarray(sims_cl, dtype=np.float64)
+            ell = stats.power_spectrum_flat(maps[:1], pixel_scale_arcmin, ell_edges)[0]
+        else:
+            ell, cl = stats.power_spectrum_flat(maps, pixel_scale_arcmin, ell_edges)
         res = {
             "ell": ell,
             "cl": cl.mean(axis=0),
             "cl_err": cl.std(axis=0, ddof=1) / np.sqrt(cl.shape[0]),
-            "pdf": np.zeros((maps.shape[1], pdf_edges.shape[-1] - 1)),
-            "peaks": np.zeros((maps.shape[1], peak_edges.shape[-1] - 1)),
-            "pdf_kappa": 0.5 * (pdf_edges[:, 1:] + pdf_edges[:, :-1]),
-            "peak_kappa": 0.5 * (peak_edges[:, 1:] + peak_edges[:, :-1]),
         }
-        for b in range(maps.shape[1]):
-            res["pdf"][b] = stats.pdf(maps[:, b], pdf_edges[b])[1].mean(axis=0)
-            res["peaks"][b] = stats.peak_counts(maps[:, b], peak_edges[b])[1].mean(axis=0)
+        res.update(_one_point(maps, None, pdf_edges, peak_edges, (0,)))
         out[name] = res
     return out
 
@@ -861,6 +857,33 @@ def log_ell_bins(npix: int, pixel_scale_arcmin: float, n_bins: int) -> np.ndarra
     return np.asarray(keep)
 
 
+def _one_point(
+    maps: np.ndarray,
+    mask: np.ndarray | None,
+    pdf_edges: np.ndarray,
+    peak_edges: np.ndarray,
+    lead: tuple[int, ...],
+) -> dict[str, np.ndarray]:
+    """PDF and peak counts per bin of ``maps [..., bin, n, n]``, averaged over ``lead`` axes.
+
+    Returns ``pdf``/``pdf_kappa`` and ``peaks``/``peak_kappa`` ``[bin, n]``; only pixels
+    with ``mask`` > 0 count (all when None).
+    """
+    n_bins = maps.shape[-3]
+    out = {
+        "pdf": np.zeros((n_bins, pdf_edges.shape[-1] - 1)),
+        "peaks": np.zeros((n_bins, peak_edges.shape[-1] - 1)),
+        "pdf_kappa": 0.5 * (pdf_edges[:, 1:] + pdf_edges[:, :-1]),
+        "peak_kappa": 0.5 * (peak_edges[:, 1:] + peak_edges[:, :-1]),
+    }
+    for b in range(n_bins):
+        mb = None if mask is None else mask[..., b, :, :]
+        out["pdf"][b] = stats.pdf(maps[..., b, :, :], pdf_edges[b], mb)[1].mean(axis=lead)
+        counts = stats.peak_counts(maps[..., b, :, :], peak_edges[b], mask=mb)[1]
+        out["peaks"][b] = counts.mean(axis=lead)
+    return out
+
+
 def compare_statistics(
     maps: Mapping[str, np.ndarray],
     mask: np.ndarray,
@@ -944,15 +967,7 @@ def compare_statistics(
         if method == "samples":
             per_sample = cl.mean(axis=1)  # [sample, bin, ell]
             res["cl_lo"], res["cl_hi"] = np.percentile(per_sample, [16.0, 84.0], axis=0)
-        res["pdf"] = np.zeros((n_bins, pdf_edges.shape[-1] - 1))
-        res["peaks"] = np.zeros((n_bins, peak_edges.shape[-1] - 1))
-        res["pdf_kappa"] = 0.5 * (pdf_edges[:, 1:] + pdf_edges[:, :-1])
-        res["peak_kappa"] = 0.5 * (peak_edges[:, 1:] + peak_edges[:, :-1])
-        for b in range(n_bins):
-            _, dens = stats.pdf(m[..., b, :, :], pdf_edges[b], msk[..., b, :, :])
-            res["pdf"][b] = dens.mean(axis=lead)
-            _, counts = stats.peak_counts(m[..., b, :, :], peak_edges[b], mask=msk[..., b, :, :])
-            res["peaks"][b] = counts.mean(axis=lead)
+        res.update(_one_point(m, msk, pdf_edges, peak_edges, lead))
         out[method] = res
     return out
 
