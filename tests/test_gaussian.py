@@ -51,7 +51,7 @@ def test_denoiser_is_the_analytic_posterior_mean():
     torch.testing.assert_close(v.double(), (a * z.double() - x0) / s, rtol=1e-5, atol=1e-6)
 
 
-def test_ddim_loses_large_scale_power_at_few_steps():
+def test_ddim_needs_steps_at_the_top_for_large_scale_power():
     # modes with 45 times white noise's variance form at log SNR ≈ −4, which 50 evenly
     # spaced DDIM steps over the default sigmoid schedule cross in one or two steps
     sched = make_schedule()
@@ -60,18 +60,20 @@ def test_ddim_loses_large_scale_power_at_few_steps():
     k = np.fft.fftfreq(N) * N
     low = np.hypot(*np.meshgrid(k, k, indexing="ij")) == 1  # the 4 fundamental modes
 
-    def low_power(n_steps: int) -> float:
+    def low_power(n_steps: int, power: float = 1.0) -> float:
         x = ddim_sample(
             model,
             sched,
             (256, 1, N, N),
-            timestep_sequence(1000, n_steps),
+            timestep_sequence(1000, n_steps, power),
             0.0,
             torch.Generator().manual_seed(1),
         )
         f = np.fft.fft2(x.double().numpy()[:, 0])
         return float((np.abs(f) ** 2)[:, low].mean() / cov[low, 0, 0].real.mean())
 
-    # 1024 exponential values: 3 % standard error
+    # 1024 exponential values: 3 % standard error. Over seeds, 1000 steps give 0.90–1.00,
+    # 50 evenly spaced 0.60–0.70 and 50 spaced t = 999(1 − u³) 0.86–0.96
     assert abs(low_power(1000) - 1) < 0.12
     assert low_power(50) < 0.8
+    assert low_power(50, 3.0) > 0.82

@@ -22,6 +22,7 @@ SAMPLING = {
     "n_samples": 3,
     "batch_size": 2,
     "n_steps": 4,
+    "step_power": 3.0,
     "eta": 1.0,
     "scaled": True,
     "t_bar": [500, 450, 400, 350],
@@ -108,7 +109,8 @@ def test_product_holds_mean_std_samples_wcs_and_header(tmp_path, data_path, mode
         assert chi2.shape == (3, BINS)
         np.testing.assert_allclose([h[f"CHI2DOF{b}"] for b in range(1, 5)], chi2.mean(0), rtol=1e-6)
         assert hdul["DRIFT"].data.shape == (4, BINS)
-        assert hdul["TSTEPS"].data.tolist() == sampler.timestep_sequence(1000, 4)
+        assert hdul["TSTEPS"].data.tolist() == sampler.timestep_sequence(1000, 4, 3.0)
+        assert h["STEPPOW"] == 3.0
     assert not (tmp_path / "post" / "patch_0003.fits.partial.npz").exists()
 
 

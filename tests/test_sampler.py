@@ -28,6 +28,25 @@ class GaussianDenoiser(torch.nn.Module):
 def test_timestep_sequence():
     seq = timestep_sequence(1000, 50)
     assert seq[0] == 999 and seq[-1] == 0 and len(seq) == 50
+
+
+def test_timestep_sequence_power_spacing():
+    # power 1 is DDIM's even spacing, bit for bit
+    assert timestep_sequence(1000, 50, 1.0) == timestep_sequence(1000, 50)
+    for n in (2, 7, 50, 333, 1000):
+        seq = timestep_sequence(1000, n, 3.0)
+        assert len(seq) == n and seq[0] == 999 and seq[-1] == 0
+        assert all(b < a for a, b in zip(seq, seq[1:], strict=False))
+    seq = timestep_sequence(1000, 50, 3.0)
+    gaps = [a - b for a, b in zip(seq, seq[1:], strict=False)]
+    # dense at the top (where log SNR falls fastest), coarse at the bottom: t = 999(1 − u³)
+    assert gaps[:3] == [1, 1, 1] and gaps[-1] > 40
+    # t ≥ 975 (log SNR < −4.6, where the patch's largest modes form): 11 steps, 2 when even
+    assert sum(t >= 975 for t in seq) == 11
+    assert sum(t >= 975 for t in timestep_sequence(1000, 50)) == 2
+    assert all(g2 >= g1 - 1 for g1, g2 in zip(gaps, gaps[1:], strict=False))
+    with pytest.raises(ValueError, match="power"):
+        timestep_sequence(1000, 50, 0.5)
     assert all(a > b for a, b in zip(seq, seq[1:], strict=False))
     with pytest.raises(ValueError, match="DDIM steps = 0"):
         timestep_sequence(1000, 0)

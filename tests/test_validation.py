@@ -40,8 +40,8 @@ def _config(npix=16, **overrides):
     v.update(overrides)
     return {
         "seed": 11,
-        "sampling": {"eta": 1.0, "n_samples": 4, "n_steps": 50, "scaled": True, "t_bar": 500,
-                     "sigma_t": 20, "save_samples": "none"},
+        "sampling": {"eta": 1.0, "n_samples": 4, "n_steps": 50, "step_power": 3.0, "scaled": True,
+                     "t_bar": 500, "sigma_t": 20, "save_samples": "none"},
         "layout": {"npix": npix, "pixel_scale_arcmin": 16.0, "patch_size_deg": npix * 16 / 60},
         "validation": v,
     }  # fmt: skip

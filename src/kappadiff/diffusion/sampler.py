@@ -21,8 +21,8 @@ __all__ = ["Guidance", "ddim_sample", "timestep_sequence"]
 Guidance = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 
 
-def timestep_sequence(T: int, n_steps: int) -> list[int]:
-    """``n_steps`` decreasing, evenly spaced timesteps from ``T − 1`` to 0 (DDIM's τ).
+def timestep_sequence(T: int, n_steps: int, power: float = 1.0) -> list[int]:
+    """``n_steps`` decreasing timesteps from ``T − 1`` to 0 (DDIM's τ).
 
     Parameters
     ----------
@@ -30,11 +30,40 @@ def timestep_sequence(T: int, n_steps: int) -> list[int]:
         Number of training timesteps.
     n_steps
         Number of network evaluations, ``1 ≤ n_steps ≤ T``.
+    power
+        Spacing: ``t_i = (T − 1)(1 − u_i^power)`` for ``u`` evenly spaced on [0, 1], rounded.
+        ``1`` is DDIM's even spacing; larger values put more steps at the top of the
+        schedule, where the patch's largest modes take shape (with the sigmoid schedule,
+        log SNR falls from −4.9 at t = 980 to −14.8 at t = 999, which even spacing crosses
+        in one step; ``benchmarks/bench_sampler_gaussian.py``). Where rounding merges
+        timesteps, ``u`` is refined until there are ``n_steps`` distinct ones.
     """
     if not 1 <= n_steps <= T:
         raise ValueError(f"DDIM steps = {n_steps} must lie in [1, T = {T}]")
-    seq = torch.linspace(T - 1, 0, n_steps).round().long().tolist()
-    return sorted(set(seq), reverse=True)
+    if not power >= 1:
+        raise ValueError(f"timestep spacing power = {power} must be >= 1")
+    if power == 1:
+        seq = torch.linspace(T - 1, 0, n_steps).round().long().tolist()
+        return sorted(set(seq), reverse=True)
+    n = n_steps
+    while True:
+        u = torch.linspace(0, 1, n, dtype=torch.float64)
+        seq = sorted(set(((T - 1) * (1 - u**power)).round().long().tolist()), reverse=True)
+        if len(seq) >= n_steps:
+            break
+        n += 1
+    if len(seq) > n_steps:  # one refinement too many: keep the ends, drop the closest pairs
+        seq = _thin(seq, n_steps)
+    return seq
+
+
+def _thin(seq: list[int], n_steps: int) -> list[int]:
+    """Drop interior timesteps of ``seq`` (decreasing) with the smallest gap until ``n_steps``."""
+    seq = list(seq)
+    while len(seq) > n_steps:
+        gaps = [seq[i - 1] - seq[i + 1] for i in range(1, len(seq) - 1)]
+        del seq[1 + gaps.index(min(gaps))]
+    return seq
 
 
 def ddim_sample(

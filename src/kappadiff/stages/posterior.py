@@ -216,7 +216,7 @@ def sample_patch(
             f"{data_path}: {n_bins} bins of {npix} x {npix} pixels, but the prior {model_path} "
             f"models {n_channels} bins of {prior.npix} x {prior.npix}"
         )
-    steps = timestep_sequence(n_timesteps, s["n_steps"])
+    steps = timestep_sequence(n_timesteps, s["n_steps"], s["step_power"])
     guidance = dps_guidance(
         data,
         prior.to_kappa,
@@ -296,6 +296,7 @@ def sample_patch(
         "NSAMPLE": n_samples,
         "NFE": len(steps),
         "NSTEPT": n_timesteps,
+        "STEPPOW": float(s["step_power"]),
         "ETA": float(s["eta"]),
         "SCALED": bool(s["scaled"]),
         "STEPFORM": s["step"],

@@ -82,14 +82,22 @@ def settings_from_config(config: Mapping[str, Any]) -> tuple[UNetConfig, Any, Tr
 
 
 def draw_prior_samples(
-    prior: Prior, n: int, ddim_steps: int, eta: float, seed: int, batch_size: int = 16
+    prior: Prior,
+    n: int,
+    ddim_steps: int,
+    eta: float,
+    seed: int,
+    batch_size: int = 16,
+    step_power: float = 1.0,
 ) -> np.ndarray:
     """``n`` unconditional κ samples ``[n, bin, npix, npix]`` (float32) with DDIM.
 
     ``npix`` is the side of the training cut-outs (``prior.npix``); ``ddim_steps`` network
-    evaluations a sample, drawn ``batch_size`` at a time from a generator seeded by ``seed``.
+    evaluations a sample (timesteps spaced by ``step_power``,
+    :func:`kappadiff.diffusion.sampler.timestep_sequence`), drawn ``batch_size`` at a time from
+    a generator seeded by ``seed``.
     """
-    steps = timestep_sequence(prior.schedule.T, ddim_steps)
+    steps = timestep_sequence(prior.schedule.T, ddim_steps, step_power)
     gen = torch.Generator(device=prior.device).manual_seed(seed)
     out = []
     for lo in range(0, n, batch_size):

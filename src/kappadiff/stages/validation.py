@@ -202,7 +202,8 @@ def sample_mock(
 def _draw_prior_maps(
     model_path: str | os.PathLike, n: int, seed: int, config: Mapping[str, Any], threads: int
 ) -> tuple[np.ndarray, Any, int]:
-    """``n`` unconditional κ maps ``[n, bin, npix, npix]`` (DDIM, ``validation.n_steps``, η).
+    """``n`` unconditional κ maps ``[n, bin, npix, npix]`` (DDIM: ``validation.n_steps``,
+    ``sampling.step_power``, η).
 
     On the job's GPU when there is one, 16 maps at a time
     (:func:`kappadiff.stages.prior.draw_prior_samples`). Returns the maps, the prior (for
@@ -223,8 +224,10 @@ def _draw_prior_maps(
             f"{model_path}: prior trained on {prior.npix} px patches, layout.npix = {npix}"
         )
     n_steps = int(config["validation"]["n_steps"])
-    kappa = draw_prior_samples(prior, n, n_steps, float(config["sampling"]["eta"]), seed)
-    return kappa, prior, len(timestep_sequence(int(prior.schedule.T), n_steps))
+    power = float(config["sampling"]["step_power"])
+    eta = float(config["sampling"]["eta"])
+    kappa = draw_prior_samples(prior, n, n_steps, eta, seed, step_power=power)
+    return kappa, prior, len(timestep_sequence(int(prior.schedule.T), n_steps, power))
 
 
 def draw_tarp_references(
