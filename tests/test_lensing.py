@@ -320,6 +320,93 @@ def test_wiener_rejects_bad_noise(rng):
         lensing.wiener_filter(bad, g, sigma, np.ones((8, 8)), ELL, CL, 4.0)
 
 
+def _tomographic_cl(rho: float) -> np.ndarray:
+    """Spectra of two bins, the second 3x stronger, with correlation coefficient ``rho``."""
+    amp = np.array([1.0, 3.0])
+    corr = np.array([[1.0, rho], [rho, 1.0]])
+    return np.sqrt(amp[:, None] * amp[None, :])[..., None] * corr[..., None] * CL
+
+
+def _correlated_field(rng, n, s, cl):
+    cov = lensing.signal_covariance_grid(ELL, cl, (n, n), s)
+    w, v = np.linalg.eigh(cov)
+    root = v * np.sqrt(np.clip(w, 0.0, None))[..., None, :]
+    white = np.fft.fft2(rng.normal(size=(cl.shape[0], n, n)))
+    return np.fft.ifft2(np.einsum("yxij,jyx->iyx", root, white)).real
+
+
+def test_tomographic_wiener_exact_without_mask(rng):
+    # homogeneous noise, no mask, periodic: per mode κ̂ = (S⁻¹ + W)⁻¹ W κ̂_KS with 2x2 S
+    n, s = 32, 4.0
+    sigma = np.array([0.2, 0.05])[:, None, None] * np.ones((2, n, n))
+    cl = _tomographic_cl(0.9)
+    kappa = _correlated_field(rng, n, s, cl)
+    g1, g2 = lensing.kappa_to_shear(kappa)
+    g1 = g1 + sigma * rng.normal(size=g1.shape)
+    g2 = g2 + sigma * rng.normal(size=g2.shape)
+    res = lensing.wiener_filter_tomographic(g1, g2, sigma, np.ones(g1.shape), ELL, cl, s, tol=1e-9)
+    assert res.converged and res.iterations <= 2  # the preconditioner is exact here
+    k_ks, _ = lensing.kaiser_squires(g1, g2)
+    cov = lensing.signal_covariance_grid(ELL, cl, (n, n), s)
+    wmat = np.diag(1.0 / sigma[:, 0, 0] ** 2)
+    gain = cov @ np.linalg.inv(np.eye(2) + wmat @ cov) @ wmat  # (S⁻¹ + W)⁻¹ W = S (I + W S)⁻¹ W
+    exact = np.fft.ifft2(np.einsum("yxij,jyx->iyx", gain, np.fft.fft2(k_ks))).real
+    np.testing.assert_allclose(res.kappa, exact, rtol=0, atol=1e-6 * np.abs(exact).max())
+
+
+def test_tomographic_wiener_without_cross_power_is_the_per_bin_filter(rng):
+    n, s = 24, 4.0
+    cl = _tomographic_cl(0.0)
+    auto = cl[[0, 1], [0, 1]]
+    kappa = _correlated_field(rng, n, s, cl)
+    g1, g2 = lensing.kappa_to_shear(kappa)
+    sigma = rng.uniform(0.02, 0.08, size=(2, n, n))
+    mask = np.ones((2, n, n))
+    mask[0, :6, :9] = 0
+    mask[1, 15:, 3:7] = 0
+    g1 = g1 + sigma * rng.normal(size=g1.shape)
+    g2 = g2 + sigma * rng.normal(size=g2.shape)
+    tol = 1e-10
+    joint = lensing.wiener_filter_tomographic(g1, g2, sigma, mask, ELL, cl, s, pad=6, tol=tol)
+    single = lensing.wiener_filter(g1, g2, sigma, mask, ELL, auto, s, pad=6, tol=tol)
+    assert joint.converged and np.all(single.converged)
+    scale = np.abs(single.kappa).max()
+    np.testing.assert_allclose(joint.kappa, single.kappa, rtol=0, atol=1e-6 * scale)
+
+
+def test_tomographic_wiener_uses_the_other_bins(rng):
+    # bin 1 is noisy, bin 2 nearly noiseless and 95 % correlated with it: the joint filter
+    # recovers bin 1 far better than bin 1's own filter (correlation with the truth
+    # 0.92-0.94 against 0.04-0.29 over five seeds; a filter that ignores the cross power
+    # cannot pass the 0.3 margin)
+    n, s = 32, 4.0
+    cl = _tomographic_cl(0.95)
+    kappa = _correlated_field(rng, n, s, cl)
+    g1, g2 = lensing.kappa_to_shear(kappa)
+    sigma = np.stack([np.full((n, n), 0.5), np.full((n, n), 0.005)])
+    g1 = g1 + sigma * rng.normal(size=g1.shape)
+    g2 = g2 + sigma * rng.normal(size=g2.shape)
+    mask = np.ones((2, n, n))
+    mask[:, 10:20, 5:12] = 0
+    joint = lensing.wiener_filter_tomographic(g1, g2, sigma, mask, ELL, cl, s, pad=8, tol=1e-8)
+    single = lensing.wiener_filter(g1, g2, sigma, mask, ELL, cl[[0, 1], [0, 1]], s, pad=8, tol=1e-8)
+    assert joint.converged and joint.iterations > 2  # the mask needs real iterations
+    r_joint = np.corrcoef(joint.kappa[0].ravel(), kappa[0].ravel())[0, 1]
+    r_single = np.corrcoef(single.kappa[0].ravel(), kappa[0].ravel())[0, 1]
+    assert r_joint > r_single + 0.3
+
+
+def test_signal_covariance_rejects_inconsistent_cross_power():
+    cl = _tomographic_cl(0.5)
+    cl[0, 1, 10] = cl[1, 0, 10] = 2.0 * np.sqrt(cl[0, 0, 10] * cl[1, 1, 10])  # |r| > 1
+    with pytest.raises(ValueError, match="not positive definite at 1 of 64 ell values"):
+        lensing.signal_covariance_grid(ELL, cl, (8, 8), 4.0)
+    cl = _tomographic_cl(0.5)
+    cl[0, 1] *= 1.1
+    with pytest.raises(ValueError, match="not symmetric"):
+        lensing.signal_covariance_grid(ELL, cl, (8, 8), 4.0)
+
+
 def test_sphere_shear_reconstructs_kappa_on_a_flat_patch(rng):
     # DESIGN.md convention check: shear made on the sphere (healpy spin-2 E mode with
     # GLASS's sign, flipped to DES (e1, e2) = (γ1, −γ2)) and cut out on a TAN patch

@@ -542,12 +542,12 @@ def test_validate_statistics_writes_tables_and_figures(tmp_path, rng):
     config = _config()
     n_patch = 2
     truth, samples = gaussian_maps(rng, n_patch, 4)
-    files = {k: [] for k in ("tuned", "truth", "data", "ks", "wiener")}
+    files = {k: [] for k in ("tuned", "truth", "data", "ks", "wiener", "wiener_tomo")}
     for p in range(n_patch):
         files["tuned"].append(tmp_path / f"tuned_{p}.fits")
         write_run(files["tuned"][-1], samples[:, p], {"scaled": True, "t_bar": 500, "sigma_t": 20})
         for k, m in (("truth", truth[p]), ("ks", truth[p] + rng.normal(size=truth[p].shape)),
-                     ("wiener", 0.5 * truth[p])):  # fmt: skip
+                     ("wiener", 0.5 * truth[p]), ("wiener_tomo", 0.8 * truth[p])):  # fmt: skip
             files[k].append(tmp_path / f"{k}_{p}.fits")
             write_kappa(files[k][-1], m)
         files["data"].append(tmp_path / f"data_{p}.fits")
@@ -557,13 +557,16 @@ def test_validate_statistics_writes_tables_and_figures(tmp_path, rng):
     np.save(cutouts, 2.0 * np.sqrt(5.0) * rng.normal(size=(40, N_BINS, 16, 16)).astype(np.float32))
     out = {k: tmp_path / f"{k}" for k in ("table.fits", "summary.csv", "maps.png", "stats.png")}
     res = val.validate_statistics(
-        files["tuned"], files["truth"], files["data"], files["ks"], files["wiener"], [cutouts],
+        files["tuned"], files["truth"], files["data"], files["ks"], files["wiener"],
+        files["wiener_tomo"], [cutouts],
         out["table.fits"], out["summary.csv"], out["maps.png"], out["stats.png"], config,
     )  # fmt: skip
     # a Wiener map that is half the truth correlates perfectly with it
     np.testing.assert_allclose(res["wiener"]["rho"], 1.0, atol=1e-12)
     lines = out["summary.csv"].read_text().splitlines()
-    assert lines[0].startswith("bin,ell_half_samples,ell_half_mean,ell_half_wiener,ell_half_ks")
+    assert lines[0].startswith(
+        "bin,ell_half_samples,ell_half_mean,ell_half_wiener,ell_half_wiener_tomo,ell_half_ks"
+    )
     assert len(lines) == 1 + N_BINS
     summary = Table.read(out["summary.csv"], format="ascii.csv")
     # the perfect Wiener map leads the posterior mean (of 4 noisy samples) at high l in every
@@ -571,6 +574,9 @@ def test_validate_statistics_writes_tables_and_figures(tmp_path, rng):
     np.testing.assert_allclose(summary["rho_high_wiener"], 1.0, atol=1e-12)
     assert np.all(summary["rho_high_mean"] < 1.0)
     assert np.all(summary["rho_high_mean_minus_wiener_p2.5"] < 0.0)
+    # so does the tomographic map (0.8 x truth); its l_0.5 is NaN (rho never falls to 0.5)
+    np.testing.assert_allclose(summary["rho_high_wiener_tomo"], 1.0, atol=1e-12)
+    assert np.all(np.isnan(summary["ell_half_ratio_mean_wiener_tomo"]))
     # truth (pixel variance 5) against the 4x ensemble: C_l ratio 1/4, outside the band of
     # 2-patch averages in every l bin but the lowest two, whose few modes (16 px patches)
     # scatter too widely; the max over l of |ratio - 1| is 0.75 plus that scatter

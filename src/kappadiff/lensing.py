@@ -21,6 +21,7 @@ exact isometry, so KS ∘ A is the identity on zero-mean maps to rounding.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,8 +38,10 @@ __all__ = [
     "kappa_to_shear",
     "kappa_to_shear_torch",
     "shear_kernel",
+    "signal_covariance_grid",
     "signal_power_grid",
     "wiener_filter",
+    "wiener_filter_tomographic",
 ]
 
 ARCMIN = np.pi / (180.0 * 60.0)  # radians per arcmin
@@ -333,6 +336,82 @@ class WienerResult:
     converged: np.ndarray
 
 
+def _shear_and_weight(
+    g1: np.ndarray, g2: np.ndarray, sigma: np.ndarray, mask: np.ndarray, pad: int, caller: str
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Complex shear and inverse noise variance (0 where masked), both zero-padded.
+
+    Raises ``ValueError`` naming ``caller`` and the count of observed pixels whose noise or
+    shear is unusable.
+    """
+    pad = _check_pad(pad)
+    g1 = np.asarray(g1, dtype=np.float64)
+    shape = g1.shape
+    observed = np.broadcast_to(np.asarray(mask) > 0, shape)
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), shape)
+    bad = observed & ~(np.isfinite(sigma) & (sigma > 0))
+    if bad.any():
+        raise ValueError(
+            f"{caller}: {int(bad.sum())} observed pixels have a noise sigma that is "
+            "not finite and > 0"
+        )
+    gamma = np.where(observed, g1, 0.0) + 1j * np.where(observed, np.asarray(g2), 0.0)
+    bad = observed & ~np.isfinite(gamma)
+    if bad.any():
+        raise ValueError(f"{caller}: {int(bad.sum())} observed pixels have non-finite shear")
+    weight = np.where(observed, 1.0 / np.where(observed, sigma, 1.0) ** 2, 0.0)
+    if pad:
+        gamma = np.pad(gamma, _pad_width(gamma.ndim, pad))
+        weight = np.pad(weight, _pad_width(weight.ndim, pad))
+    return gamma, weight, pad
+
+
+def _pcg(
+    hessian: Callable[[np.ndarray], np.ndarray],
+    precond: Callable[[np.ndarray], np.ndarray],
+    b: np.ndarray,
+    x: np.ndarray,
+    tol: float,
+    max_iter: int,
+    axes: tuple[int, ...],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Preconditioned conjugate gradients for a batch of independent SPD systems.
+
+    ``axes`` are the axes of one system; every other axis indexes systems, which stop
+    one by one as their relative residual ‖r‖/‖b‖ reaches ``tol``. Returns the solution,
+    and the iterations and final relative residual per system.
+    """
+
+    def dot(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return np.sum(u * v, axis=axes, keepdims=True)
+
+    bnorm = np.sqrt(dot(b, b))
+    bnorm = np.where(bnorm > 0, bnorm, 1.0)
+    r = b - hessian(x)
+    z = precond(r)
+    p = z.copy()
+    rz = dot(r, z)
+    rel = np.sqrt(dot(r, r)) / bnorm
+    iterations = np.zeros(rel.shape, dtype=int)
+    for _ in range(max_iter):
+        active = rel > tol
+        if not active.any():
+            break
+        hp = hessian(p)
+        php = dot(p, hp)
+        alpha = np.where(active, rz / np.where(php > 0, php, 1.0), 0.0)
+        x = x + alpha * p
+        r = r - alpha * hp
+        z = precond(r)
+        rz_new = dot(r, z)
+        beta = rz_new / np.where(rz != 0, rz, 1.0)
+        p = np.where(active, z + beta * p, p)
+        rz = np.where(active, rz_new, rz)
+        iterations += active
+        rel = np.where(active, np.sqrt(dot(r, r)) / bnorm, rel)
+    return x, iterations.squeeze(axis=axes), rel.squeeze(axis=axes)
+
+
 def wiener_filter(
     g1: np.ndarray,
     g2: np.ndarray,
@@ -392,25 +471,7 @@ def wiener_filter(
     (one iteration: κ̂ = S/(S + σ²) κ̂_KS) and close otherwise. Masked pixels enter only
     through zero weight, so their data never affect the solution.
     """
-    pad = _check_pad(pad)
-    g1 = np.asarray(g1, dtype=np.float64)
-    shape = g1.shape
-    observed = np.broadcast_to(np.asarray(mask) > 0, shape)
-    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), shape)
-    bad = observed & ~(np.isfinite(sigma) & (sigma > 0))
-    if bad.any():
-        raise ValueError(
-            f"wiener_filter: {int(bad.sum())} observed pixels have a noise sigma that is "
-            "not finite and > 0"
-        )
-    gamma = np.where(observed, g1, 0.0) + 1j * np.where(observed, np.asarray(g2), 0.0)
-    bad = observed & ~np.isfinite(gamma)
-    if bad.any():
-        raise ValueError(f"wiener_filter: {int(bad.sum())} observed pixels have non-finite shear")
-    weight = np.where(observed, 1.0 / np.where(observed, sigma, 1.0) ** 2, 0.0)
-    if pad:
-        gamma = np.pad(gamma, _pad_width(gamma.ndim, pad))
-        weight = np.pad(weight, _pad_width(weight.ndim, pad))
+    gamma, weight, pad = _shear_and_weight(g1, g2, sigma, mask, pad, "wiener_filter")
     grid = gamma.shape[-2:]
     kernel = shear_kernel(*grid)
     power = signal_power_grid(ell, cl, grid, pixel_scale_arcmin)
@@ -434,35 +495,143 @@ def wiener_filter(
     def apply_precond(r: np.ndarray) -> np.ndarray:
         return sfft.ifft2(precond * sfft.fft2(r)).real
 
-    def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.sum(a * b, axis=(-2, -1), keepdims=True)
-
     b = s_half(adjoint(weight * gamma))
-    bnorm = np.sqrt(dot(b, b))
-    bnorm = np.where(bnorm > 0, bnorm, 1.0)
-    x = apply_precond(b)  # the exact solution for homogeneous noise and no mask
-    r = b - hessian(x)
-    z = apply_precond(r)
-    p = z.copy()
-    rz = dot(r, z)
-    batch = shape[:-2]
-    iterations = np.zeros(batch, dtype=int)
-    rel = (np.sqrt(dot(r, r)) / bnorm)[..., 0, 0]
-    for _ in range(max_iter):
-        active = rel > tol
-        if not active.any():
-            break
-        hp = hessian(p)
-        php = dot(p, hp)
-        alpha = np.where(active[..., None, None], rz / np.where(php > 0, php, 1.0), 0.0)
-        x = x + alpha * p
-        r = r - alpha * hp
-        z = apply_precond(r)
-        rz_new = dot(r, z)
-        beta = rz_new / np.where(rz != 0, rz, 1.0)
-        p = np.where(active[..., None, None], z + beta * p, p)
-        rz = np.where(active[..., None, None], rz_new, rz)
-        iterations += active
-        rel = np.where(active, (np.sqrt(dot(r, r)) / bnorm)[..., 0, 0], rel)
+    # the preconditioned start is the exact solution for homogeneous noise and no mask
+    x, iterations, rel = _pcg(hessian, apply_precond, b, apply_precond(b), tol, max_iter, (-2, -1))
     kappa = _crop(s_half(x), pad)
+    return WienerResult(kappa=kappa, iterations=iterations, residual=rel, converged=rel <= tol)
+
+
+def signal_covariance_grid(
+    ell: np.ndarray, cl: np.ndarray, shape: tuple[int, int], pixel_scale_arcmin: float
+) -> np.ndarray:
+    """Joint covariance of the unitary-DFT modes of κ in several bins, from binned spectra.
+
+    Parameters
+    ----------
+    ell
+        Increasing multipoles ``[n_ell]`` (radians⁻¹).
+    cl
+        Auto and cross spectra ``[n_bins, n_bins, n_ell]`` (steradians), symmetric in the
+        two bin axes, with a positive-definite bin-bin matrix at every tabulated ℓ.
+    shape, pixel_scale_arcmin
+        As in :func:`signal_power_grid`.
+
+    Returns
+    -------
+    numpy.ndarray
+        S ``[ny, nx, n_bins, n_bins]`` with E[κ̂_i κ̂_j*]/(ny nx) = S_ij per mode. The auto
+        spectra are interpolated as in :func:`signal_power_grid` and the correlation
+        coefficients C_ij/√(C_ii C_jj) linearly in log ℓ, so S is a convex combination of
+        positive-definite correlation matrices scaled by the auto powers: positive
+        semi-definite at every mode (0 at ℓ = 0).
+    """
+    ell = np.asarray(ell, dtype=np.float64)
+    cl = np.asarray(cl, dtype=np.float64)
+    if cl.ndim != 3 or cl.shape[0] != cl.shape[1] or cl.shape[-1] != ell.size:
+        raise ValueError(
+            f"cross spectra of shape {cl.shape}, expected [n_bins, n_bins, {ell.size}]"
+        )
+    if not np.allclose(cl, np.swapaxes(cl, 0, 1), rtol=1e-10, atol=0.0):
+        raise ValueError("cross spectra are not symmetric in the two bin axes")
+    n_bins = cl.shape[0]
+    auto = cl[np.arange(n_bins), np.arange(n_bins)]
+    power = signal_power_grid(ell, auto, shape, pixel_scale_arcmin)  # validates ell and auto
+    corr = cl / np.sqrt(auto[:, None] * auto[None, :])
+    lowest = np.linalg.eigvalsh(np.moveaxis(corr, -1, 0)).min(axis=-1)
+    if np.any(lowest <= 0):
+        bad = np.flatnonzero(lowest <= 0)
+        raise ValueError(
+            f"signal covariance: the bin-bin correlation matrix is not positive definite at "
+            f"{bad.size} of {ell.size} ell values (first: ell = {ell[bad[0]]:.4g}, smallest "
+            f"eigenvalue {lowest[bad[0]]:.3g})"
+        )
+    grid_ell = fourier_ell(*shape, pixel_scale_arcmin)
+    logl = np.log(np.where(grid_ell > 0, grid_ell, ell[0]))
+    out = np.empty((*shape, n_bins, n_bins))
+    for i in range(n_bins):
+        for j in range(i, n_bins):
+            r = np.interp(logl, np.log(ell), corr[i, j])
+            out[..., i, j] = out[..., j, i] = r * np.sqrt(power[i] * power[j])
+    return out
+
+
+def wiener_filter_tomographic(
+    g1: np.ndarray,
+    g2: np.ndarray,
+    sigma: np.ndarray,
+    mask: np.ndarray,
+    ell: np.ndarray,
+    cl: np.ndarray,
+    pixel_scale_arcmin: float,
+    *,
+    pad: int = 0,
+    tol: float = 1e-6,
+    max_iter: int = 500,
+) -> WienerResult:
+    """Wiener filter of all tomographic bins of a patch at once, with their cross-spectra.
+
+    The same system as :func:`wiener_filter`, (S⁻¹ + Aᵀ N⁻¹ A) κ = Aᵀ N⁻¹ γ, but with κ
+    the stack of the ``n_bins`` maps and S their joint covariance
+    (:func:`signal_covariance_grid`): every bin's data inform every other bin through the
+    structure they share along the line of sight. This is the posterior mean of a
+    Gaussian field of those spectra, the optimum that a prior's non-Gaussian information
+    has to improve on.
+
+    Parameters
+    ----------
+    g1, g2, sigma, mask
+        ``[n_bins, ny, nx]``, as in :func:`wiener_filter`.
+    ell, cl
+        ``ell [n_ell]`` and auto and cross spectra ``cl [n_bins, n_bins, n_ell]``.
+    pixel_scale_arcmin, pad, tol, max_iter
+        As in :func:`wiener_filter`.
+
+    Returns
+    -------
+    WienerResult
+        ``kappa [n_bins, ny, nx]``; ``iterations``, ``residual`` and ``converged`` are
+        scalars (one joint system).
+
+    Notes
+    -----
+    CG runs on x with κ = S^{1/2} x, S^{1/2} the symmetric square root of each mode's
+    bin-bin matrix, and the preconditioner is (I + S^{1/2} diag(w̄) S^{1/2})⁻¹ mode by
+    mode, with w̄ the mean inverse noise variance of each bin: exact for homogeneous
+    noise without a mask, as in :func:`wiener_filter`.
+    """
+    g1 = np.asarray(g1, dtype=np.float64)
+    if g1.ndim != 3:
+        raise ValueError(f"shear of shape {g1.shape}, expected [n_bins, ny, nx]")
+    n_bins = g1.shape[0]
+    if np.shape(cl)[:2] != (n_bins, n_bins):
+        raise ValueError(f"cross spectra of shape {np.shape(cl)} for {n_bins} bins of shear")
+    gamma, weight, pad = _shear_and_weight(g1, g2, sigma, mask, pad, "wiener_filter_tomographic")
+    grid = gamma.shape[-2:]
+    kernel = shear_kernel(*grid)
+    cov = signal_covariance_grid(ell, cl, grid, pixel_scale_arcmin)
+    w, v = np.linalg.eigh(cov)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))[..., None, :]) @ np.swapaxes(v, -1, -2)
+    wbar = weight.mean(axis=(-2, -1))
+    eye = np.eye(n_bins)
+    precond = np.linalg.inv(eye + root @ (wbar[:, None] * root))
+
+    def per_mode(matrix: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return sfft.ifft2(np.einsum("yxij,jyx->iyx", matrix, sfft.fft2(x))).real
+
+    def adjoint(y: np.ndarray) -> np.ndarray:
+        return sfft.ifft2(np.conj(kernel) * sfft.fft2(y)).real
+
+    def hessian(x: np.ndarray) -> np.ndarray:
+        gam = sfft.ifft2(kernel * sfft.fft2(per_mode(root, x)))
+        return x + per_mode(root, adjoint(weight * gam))
+
+    def apply_precond(r: np.ndarray) -> np.ndarray:
+        return per_mode(precond, r)
+
+    b = per_mode(root, adjoint(weight * gamma))
+    x, iterations, rel = _pcg(
+        hessian, apply_precond, b, apply_precond(b), tol, max_iter, (-3, -2, -1)
+    )
+    kappa = _crop(per_mode(root, x), pad)
     return WienerResult(kappa=kappa, iterations=iterations, residual=rel, converged=rel <= tol)

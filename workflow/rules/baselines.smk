@@ -1,18 +1,18 @@
-# Rules of the 'baselines' stage (see docs/architecture.md): Kaiser-Squires and Wiener
-# filter maps of every data patch, and their HEALPix mosaics through the shared mosaic
-# script (scripts/mosaic.py, generic in the HDUs it mosaics).
+# Rules of the 'baselines' stage (see docs/architecture.md): Kaiser-Squires, per-bin and
+# tomographic Wiener filter maps of every data patch, and their HEALPix mosaics through
+# the shared mosaic script (scripts/mosaic.py, generic in the HDUs it mosaics).
 from kappadiff.stages.baselines import MEASURED, signal_power_path
 from kappadiff.stages.mosaic import mosaic_memory_mb
 
 
 wildcard_constraints:
-    method=r"ks|wiener",
+    method=r"ks|wiener|wiener_tomo",
 
 
 if config["lensing"]["wiener_signal_power"] == MEASURED:
 
     rule signal_power:
-        """Mean flat-sky C_ell per bin of the training cut-outs (the Wiener signal power)."""
+        """Mean flat-sky auto and cross C_ell of the training cut-outs (the Wiener signal power)."""
         input:
             cutouts=[
                 f"{RESULTS}/training/{sim_name(i)}_cutouts.npy"
@@ -76,6 +76,31 @@ rule baseline_wiener:
         mem_mb=2000,
     params:
         lensing=config["lensing"],
+        tomographic=False,
+    script:
+        "../../scripts/baseline_wiener.py"
+
+
+rule baseline_wiener_tomo:
+    """Tomographic Wiener filter of one data patch: all bins at once, with cross-spectra."""
+    input:
+        data=f"{RESULTS}/data/patch_{{patch}}.fits",
+        power=signal_power_path(config),
+    output:
+        f"{RESULTS}/baselines/wiener_tomo/patch_{{patch}}.fits",
+    log:
+        f"{RESULTS}/logs/baseline_wiener_tomo/patch_{{patch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baseline_wiener_tomo/patch_{{patch}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        runtime=10,
+        mem_mb=2000,
+    params:
+        lensing=config["lensing"],
+        tomographic=True,
     script:
         "../../scripts/baseline_wiener.py"
 
@@ -112,10 +137,11 @@ ALL_TARGETS.extend(
     [
         *[
             f"{RESULTS}/baselines/{method}/patch_{i:04d}.fits"
-            for method in ("ks", "wiener")
+            for method in ("ks", "wiener", "wiener_tomo")
             for i in data_patch_ids()
         ],
         f"{RESULTS}/mosaic/ks_kappa.fits",
         f"{RESULTS}/mosaic/wiener_kappa.fits",
+        f"{RESULTS}/mosaic/wiener_tomo_kappa.fits",
     ]
 )

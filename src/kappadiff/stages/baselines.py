@@ -1,12 +1,16 @@
-"""Stages `signal_power`, `baseline_ks` and `baseline_wiener`: the classical mass maps.
+"""Stages `signal_power`, `baseline_ks`, `baseline_wiener` and `baseline_wiener_tomo`.
 
-The baselines of Boruah et al. (2025) and DES Collaboration (2021): Kaiser-Squires
-(E and null B mode, optional Gaussian smoothing) and a Wiener filter per tomographic
-bin whose signal power spectrum is measured from the training cut-outs (or supplied as
-a file of the same format). Each patch product copies the TAN WCS of its data patch.
+The classical mass maps, the baselines of Boruah et al. (2025) and DES Collaboration
+(2021): Kaiser-Squires (E and null B mode, optional Gaussian smoothing) and a Wiener
+filter per tomographic bin whose signal power spectrum is measured from the training
+cut-outs (or supplied as a file of the same format). A third map, the tomographic Wiener
+filter, solves all bins at once with their cross-spectra: the posterior mean of a
+Gaussian field, the bar a non-Gaussian prior has to clear. Each patch product copies
+the TAN WCS of its data patch.
 
 Signal power files are FITS tables (``products.write_table``) with columns ``ELL``
-(radians⁻¹, increasing) and ``CL_BIN1``..``CL_BINn`` (flat-sky C_ℓ of κ, steradians).
+(radians⁻¹, increasing), ``CL_BIN1``..``CL_BINn`` (flat-sky C_ℓ of κ, steradians) and,
+for the tomographic filter, the cross-spectra ``CL_BIN<i>_<j>`` (i < j).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ __all__ = [
     "read_cutouts",
     "kaiser_squires_patch_file",
     "measure_signal_power",
+    "cross_column",
+    "read_signal_covariance",
     "read_signal_power",
     "signal_power_path",
     "wiener_patch_file",
@@ -78,6 +84,7 @@ def cutout_spectra(
     pixel_scale_arcmin: float,
     ell_edges: np.ndarray,
     per_file: int,
+    cross: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Binned flat-sky C_ℓ of each of the training cut-outs used.
 
@@ -92,11 +99,14 @@ def cutout_spectra(
         ℓ-bin edges ``[n_ell + 1]``.
     per_file
         Cut-outs used per file, evenly spaced through it.
+    cross
+        Also the cross-spectra between bins.
 
     Returns
     -------
     ell, cl
-        ``ell [n_ell]`` and ``cl [n_cutout, bin, n_ell]``.
+        ``ell [n_ell]`` and ``cl [n_cutout, bin, n_ell]``, or ``[n_cutout, bin, bin, n_ell]``
+        with ``cross``.
 
     Raises
     ------
@@ -121,7 +131,11 @@ def cutout_spectra(
         chosen = chosen.astype(int)
         for start in range(0, chosen.size, CUTOUT_CHUNK):
             block = _finite_block(path, cut, chosen[start : start + CUTOUT_CHUNK])
-            ell, cl = stats.power_spectrum_flat(block, pixel_scale_arcmin, ell_edges)
+            if cross:
+                a, b = np.broadcast_arrays(block[:, :, None], block[:, None, :])
+                ell, cl = stats.cross_spectrum_flat(a, b, pixel_scale_arcmin, ell_edges)
+            else:
+                ell, cl = stats.power_spectrum_flat(block, pixel_scale_arcmin, ell_edges)
             spectra.append(cl)
         log.info("%s: %d of %d cut-outs used", path, chosen.size, cut.shape[0])
     return ell, np.concatenate(spectra)
@@ -177,20 +191,64 @@ def measure_signal_power(
     scale = _pixel_scale(config)
     edges = stats.ell_bins_linear(npix, npix, scale)
     per_file = int(config["lensing"]["wiener_power_cutouts"])
-    ell, cl = cutout_spectra(cutout_files, npix, scale, edges, per_file)
+    ell, cl = cutout_spectra(cutout_files, npix, scale, edges, per_file, cross=True)
     n_used, n_bins = cl.shape[:2]
     cl_mean = cl.mean(axis=0)
-    bad = ~(cl_mean > 0)
+    auto = cl_mean[np.arange(n_bins), np.arange(n_bins)]
+    bad = ~(auto > 0)
     if bad.any():
         raise ValueError(
             f"signal power: {int(bad.sum())} (bin, ell) values of the mean spectrum are <= 0 "
             f"({n_used} cut-outs)"
         )
     columns = {"ELL": ell}
-    columns.update({f"CL_BIN{b + 1}": cl_mean[b] for b in range(n_bins)})
+    columns.update({f"CL_BIN{b + 1}": auto[b] for b in range(n_bins)})
+    columns.update(
+        {cross_column(i, j): cl_mean[i, j] for i in range(n_bins) for j in range(i + 1, n_bins)}
+    )
     cards = provenance(config, NCUTOUT=n_used, NPIX=npix, PIXSCALE=scale)
     write_table(out_path, columns, header=cards, name="POWER")
     log.info("signal power from %d cut-outs, %d ell bins -> %s", n_used, ell.size, out_path)
+
+
+def cross_column(i: int, j: int) -> str:
+    """Column of the cross-spectrum of bins ``i`` and ``j`` (0-based, ``i < j``): ``CL_BIN1_2``."""
+    return f"CL_BIN{i + 1}_{j + 1}"
+
+
+def read_signal_covariance(path: str | os.PathLike, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read auto and cross spectra: ``(ell [n_ell], cl [n_bins, n_bins, n_ell])``.
+
+    Raises :class:`ProductError` naming the file and the missing cross-spectrum columns
+    (``CL_BIN<i>_<j>``, i < j), which a measured signal power file always has.
+    """
+    ell, auto = read_signal_power(path, n_bins)
+    data, _ = read_table(path, name=_table_name(path))
+    upper = {k.upper(): v for k, v in data.items()}
+    pairs = [(i, j) for i in range(n_bins) for j in range(i + 1, n_bins)]
+    missing = [cross_column(i, j) for i, j in pairs if cross_column(i, j) not in upper]
+    if missing:
+        raise ProductError(
+            f"{path}: the tomographic Wiener filter needs the cross-spectra, but the table "
+            f"lacks columns {missing} (a signal power file measured from the cut-outs by "
+            "this version has them)"
+        )
+    cl = np.zeros((n_bins, n_bins, ell.size))
+    cl[np.arange(n_bins), np.arange(n_bins)] = auto
+    for i, j in pairs:
+        column = np.asarray(upper[cross_column(i, j)], dtype=np.float64)
+        if not np.all(np.isfinite(column)):
+            raise ProductError(f"{path}: column {cross_column(i, j)} holds non-finite values")
+        cl[i, j] = cl[j, i] = column
+    return ell, cl
+
+
+def _table_name(path: str | os.PathLike) -> str:
+    with fits.open(path, memmap=False) as hdul:
+        tables = [h.name for h in hdul[1:] if isinstance(h, fits.BinTableHDU)]
+    if not tables:
+        raise ProductError(f"{path}: no table HDU holding the signal power")
+    return tables[0]
 
 
 def read_signal_power(path: str | os.PathLike, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -198,11 +256,7 @@ def read_signal_power(path: str | os.PathLike, n_bins: int) -> tuple[np.ndarray,
 
     Raises :class:`ProductError` naming the file and the missing or bad column.
     """
-    with fits.open(path, memmap=False) as hdul:
-        tables = [h.name for h in hdul[1:] if isinstance(h, fits.BinTableHDU)]
-    if not tables:
-        raise ProductError(f"{path}: no table HDU holding the signal power")
-    data, _ = read_table(path, name=tables[0])
+    data, _ = read_table(path, name=_table_name(path))
     upper = {k.upper(): v for k, v in data.items()}
     wanted = ["ELL", *(f"CL_BIN{b + 1}" for b in range(n_bins))]
     missing = [c for c in wanted if c not in upper]
@@ -254,19 +308,28 @@ def wiener_patch_file(
     power_path: str | os.PathLike,
     out_path: str | os.PathLike,
     config: Mapping[str, Any],
+    tomographic: bool = False,
 ) -> None:
-    """Wiener filter of one data patch per bin (HDU KAPPA), by preconditioned CG.
+    """Wiener filter of one data patch (HDU KAPPA), by preconditioned CG.
 
-    Uses ``lensing.pad``, ``lensing.wiener_tol`` and ``lensing.wiener_max_iter``; the
-    iterations and final relative residual of every bin go to the header
-    (``WFITER<b>``, ``WFRES<b>``). A bin that does not reach the tolerance is an error.
+    Per bin by default; with ``tomographic`` all bins at once with their cross-spectra
+    (:func:`kappadiff.lensing.wiener_filter_tomographic`, which needs the ``CL_BIN<i>_<j>``
+    columns of a measured signal power file). Uses ``lensing.pad``,
+    ``lensing.wiener_tol`` and ``lensing.wiener_max_iter``; the iterations and final
+    relative residual go to the header (``WFITER<b>``/``WFRES<b>`` per bin, or
+    ``WFITER``/``WFRES`` for the joint system). Not reaching the tolerance is an error.
     """
     lcfg = config["lensing"]
     scale = _pixel_scale(config)
     images, wcs = read_data_patch(data_path, scale)
     n_bins = images["G1"].shape[0]
-    ell, cl = read_signal_power(power_path, n_bins)
-    res = lensing.wiener_filter(
+    if tomographic:
+        ell, cl = read_signal_covariance(power_path, n_bins)
+        solve = lensing.wiener_filter_tomographic
+    else:
+        ell, cl = read_signal_power(power_path, n_bins)
+        solve = lensing.wiener_filter
+    res = solve(
         images["G1"],
         images["G2"],
         images["SIGMA"],
@@ -278,18 +341,26 @@ def wiener_patch_file(
         tol=lcfg["wiener_tol"],
         max_iter=lcfg["wiener_max_iter"],
     )
-    for b in range(n_bins):
-        log.info("bin %d: %d CG steps, residual %.3g", b + 1, res.iterations[b], res.residual[b])
+    iterations = np.atleast_1d(res.iterations)
+    residual = np.atleast_1d(res.residual)
+    names = [""] if tomographic else [str(b + 1) for b in range(n_bins)]
+    for name, it, rr in zip(names, iterations, residual, strict=True):
+        log.info("%s: %d CG steps, residual %.3g", f"bin {name}" if name else "joint", it, rr)
     if not np.all(res.converged):
+        which = (
+            "" if tomographic else f" for bins {[int(n) for n in np.array(names)[~res.converged]]}"
+        )
         raise RuntimeError(
             f"{data_path}: Wiener filter did not reach lensing.wiener_tol = {lcfg['wiener_tol']} "
-            f"in {lcfg['wiener_max_iter']} iterations for bins "
-            f"{[b + 1 for b in np.flatnonzero(~res.converged)]} (residuals {res.residual})"
+            f"in {lcfg['wiener_max_iter']} iterations{which} (residuals {res.residual})"
         )
     cards = provenance(
-        config, METHOD="WIENER", PAD=int(lcfg["pad"]), WFTOL=float(lcfg["wiener_tol"])
+        config,
+        METHOD="WIENER_TOMO" if tomographic else "WIENER",
+        PAD=int(lcfg["pad"]),
+        WFTOL=float(lcfg["wiener_tol"]),
     )
-    for b in range(n_bins):
-        cards[f"WFITER{b + 1}"] = int(res.iterations[b])
-        cards[f"WFRES{b + 1}"] = float(res.residual[b])
+    for name, it, rr in zip(names, iterations, residual, strict=True):
+        cards[f"WFITER{name}"] = int(it)
+        cards[f"WFRES{name}"] = float(rr)
     write_fits(out_path, [image_hdu("KAPPA", res.kappa, wcs)], primary_header=cards)

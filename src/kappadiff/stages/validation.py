@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 REFERENCE_KINDS = ("prior", "random")
 
 #: Map products compared with the truth in the statistics, in plotting order.
-METHODS = ("samples", "mean", "wiener", "ks", "truth")
+METHODS = ("samples", "mean", "wiener", "wiener_tomo", "ks", "truth")
 
 
 # --------------------------------------------------------------------------------------
@@ -1025,6 +1025,7 @@ def validate_statistics(
     data_paths: Sequence[str | os.PathLike],
     ks_paths: Sequence[str | os.PathLike],
     wiener_paths: Sequence[str | os.PathLike],
+    wiener_tomo_paths: Sequence[str | os.PathLike],
     cutout_paths: Sequence[str | os.PathLike],
     table_output: str | os.PathLike,
     summary_output: str | os.PathLike,
@@ -1036,9 +1037,10 @@ def validate_statistics(
 
     Parameters
     ----------
-    tuned_paths, truth_paths, data_paths, ks_paths, wiener_paths
+    tuned_paths, truth_paths, data_paths, ks_paths, wiener_paths, wiener_tomo_paths
         Per mock patch (same order): the ``tuned`` run's posterior (SAMPLES, MEAN, STD), the
-        truth (KAPPA), the pixelised data (MASK), the KS and Wiener maps (KAPPA).
+        truth (KAPPA), the pixelised data (MASK), the KS, per-bin and tomographic Wiener
+        maps (KAPPA).
     cutout_paths
         The training cut-outs (``.npy``; ``validation.n_ensemble_cutouts`` evenly spaced per
         file are used): the ensemble C_ℓ and the sample-variance band of a
@@ -1048,9 +1050,10 @@ def validate_statistics(
         PDF (method, bin, kappa, density), PEAKS (method, bin, kappa, count), ELLHALF
         (method, bin, ell_half) and ENSEMBLE (bin, ell, cl, cl_lo, cl_hi).
     summary_output
-        ``results/validation/summary.csv``, one row per bin: ℓ₀.₅ of each method, the ratio
-        ℓ₀.₅(DPS samples)/ℓ₀.₅(Wiener), max |C_ℓ(samples)/C_ℓ(truth) − 1| over ℓ, and the
-        truth's and the samples' largest departure from the ensemble C_ℓ.
+        ``results/validation/summary.csv``, one row per bin: ℓ₀.₅ of each method, the ratios
+        ℓ₀.₅(DPS samples or mean)/ℓ₀.₅(Wiener) and ℓ₀.₅(DPS mean)/ℓ₀.₅(tomographic
+        Wiener), max |C_ℓ(samples)/C_ℓ(truth) − 1| over ℓ, and the truth's and the samples'
+        largest departure from the ensemble C_ℓ.
     maps_figure, stats_figure
         Figure 2: truth/mean/std/mask of the first mock patch, and the statistics.
     config
@@ -1069,6 +1072,7 @@ def validate_statistics(
         "samples": samples,
         "mean": _read_stack(tuned_paths, "MEAN"),
         "wiener": _read_stack(wiener_paths, "KAPPA"),
+        "wiener_tomo": _read_stack(wiener_tomo_paths, "KAPPA"),
         "ks": _read_stack(ks_paths, "KAPPA"),
         "truth": _read_stack(truth_paths, "KAPPA"),
     }
@@ -1176,10 +1180,12 @@ def _write_summary(
 
     "High ℓ" is the upper half of the ℓ bins; ``rho_high_*`` is ρ_c averaged over them,
     and ``rho_high_mean_minus_wiener_p2.5`` the 2.5th percentile of the posterior mean's
-    lead over Wiener across patch resamplings. ``max_abs_cl_{truth,samples}_ensemble_minus_1``
-    compare with the training cut-outs' mean C_ℓ, and ``n_ell_truth_outside_band`` counts the
-    ℓ bins where the truth's C_ℓ is outside the band of patch-set averages
-    (:func:`ensemble_power_band`).
+    lead over Wiener across patch resamplings. ``ell_half_ratio_mean_wiener_tomo`` and
+    ``rho_high_wiener_tomo`` measure the posterior mean against the tomographic Wiener
+    filter, the Gaussian optimum with the same joint spectra.
+    ``max_abs_cl_{truth,samples}_ensemble_minus_1`` compare with the training cut-outs'
+    mean C_ℓ, and ``n_ell_truth_outside_band`` counts the ℓ bins where the truth's C_ℓ is
+    outside the band of patch-set averages (:func:`ensemble_power_band`).
     """
     methods = [m for m in METHODS if m in res and m != "truth"]
     ratio_cl = res["samples"]["cl"] / res["truth"]["cl"]
@@ -1204,6 +1210,8 @@ def _write_summary(
                 "max_abs_cl_truth_ensemble_minus_1",
                 "max_abs_cl_samples_ensemble_minus_1",
                 "n_ell_truth_outside_band",
+                "ell_half_ratio_mean_wiener_tomo",
+                "rho_high_wiener_tomo",
             ]
         )
     ]
@@ -1226,6 +1234,8 @@ def _write_summary(
                 for m in ("truth", "samples")
             ),
             int(outside[b].sum()),
+            float(res["mean"]["ell_half"][b]) / float(res["wiener_tomo"]["ell_half"][b]),
+            float(res["wiener_tomo"]["rho"][b, high].mean()),
         ]
         lines.append(",".join([str(b + 1)] + [f"{x:.6g}" for x in values]))
     with atomic_output(path) as tmp, open(tmp, "w") as f:
