@@ -9,8 +9,9 @@ from kappadiff.diffusion.process import Schedule, broadcast, make_schedule
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
 
 
-class GaussianDenoiser(torch.nn.Module):
-    """The exact v-predictor for data x0 ~ N(0, s²) per pixel.
+class WhiteNoiseDenoiser(torch.nn.Module):
+    """The exact v-predictor for white data x0 ~ N(0, s²) per pixel, independent of
+    :class:`kappadiff.diffusion.gaussian.GaussianDenoiser` (a check of the sampler alone).
 
     E[x0 | x_t] = sqrt(ᾱ) s² x_t / (ᾱ s² + 1 − ᾱ), and v = (sqrt(ᾱ) x_t − x̂0)/sqrt(1 − ᾱ).
     """
@@ -62,7 +63,7 @@ def test_ddim_recovers_gaussian_variance(eta):
     s = 0.5
     gen = torch.Generator().manual_seed(0)
     x = ddim_sample(
-        GaussianDenoiser(sched, s), sched, (4, 4, 32, 32), timestep_sequence(1000, 200), eta, gen
+        WhiteNoiseDenoiser(sched, s), sched, (4, 4, 32, 32), timestep_sequence(1000, 200), eta, gen
     )
     assert abs(float(x.var()) / s**2 - 1) < 0.05
     assert abs(float(x.mean())) < 0.02  # standard error 0.5/128 = 0.004
@@ -70,7 +71,7 @@ def test_ddim_recovers_gaussian_variance(eta):
 
 def test_ddim_eta0_is_deterministic_given_noise():
     sched = make_schedule()
-    model = GaussianDenoiser(sched, 0.7)
+    model = WhiteNoiseDenoiser(sched, 0.7)
     steps = timestep_sequence(1000, 10)
     a = ddim_sample(model, sched, (2, 4, 8, 8), steps, 0.0, torch.Generator().manual_seed(3))
     b = ddim_sample(model, sched, (2, 4, 8, 8), steps, 0.0, torch.Generator().manual_seed(3))
@@ -79,7 +80,7 @@ def test_ddim_eta0_is_deterministic_given_noise():
 
 def test_zero_guidance_changes_nothing_and_sees_differentiable_x0():
     sched = make_schedule()
-    model = GaussianDenoiser(sched, 0.5)
+    model = WhiteNoiseDenoiser(sched, 0.5)
     steps = timestep_sequence(1000, 8)
     seen = []
 
@@ -104,7 +105,7 @@ def test_zero_guidance_changes_nothing_and_sees_differentiable_x0():
 def test_guidance_is_subtracted():
     # a correction that pulls x̂0 toward a target moves the samples toward it
     sched = make_schedule()
-    model = GaussianDenoiser(sched, 1.0)
+    model = WhiteNoiseDenoiser(sched, 1.0)
     steps = timestep_sequence(1000, 20)
     target = torch.full((8, 4, 8, 8), 2.0)
 
@@ -126,7 +127,7 @@ def test_callback_sees_every_step():
     sched = make_schedule()
     calls = []
     ddim_sample(
-        GaussianDenoiser(sched, 1.0),
+        WhiteNoiseDenoiser(sched, 1.0),
         sched,
         (1, 4, 4, 4),
         [900, 400, 0],
@@ -141,7 +142,7 @@ def test_non_decreasing_steps_raise():
     sched = make_schedule()
     with pytest.raises(ValueError, match="strictly decreasing"):
         ddim_sample(
-            GaussianDenoiser(sched, 1.0),
+            WhiteNoiseDenoiser(sched, 1.0),
             sched,
             (1, 4, 4, 4),
             [0, 500],
