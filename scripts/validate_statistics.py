@@ -10,6 +10,7 @@ validate_statistics(
     snakemake.input.data,
     snakemake.input.ks,
     snakemake.input.wiener,
+    snakemake.input.wiener_tomo,
     snakemake.input.cutouts,
     snakemake.output.table,
     snakemake.output.summary,

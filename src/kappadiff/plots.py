@@ -134,6 +134,7 @@ METHOD_STYLE = {
     "samples": ("C0", "DPS samples"),
     "mean": ("C1", "DPS mean"),
     "wiener": ("C2", "Wiener"),
+    "wiener_tomo": ("C4", "tomographic Wiener"),
     "ks": ("C3", "Kaiser-Squires"),
     "truth": ("k", "truth"),
 }

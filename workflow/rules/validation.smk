@@ -152,6 +152,10 @@ rule validate_statistics:
             f"{RESULTS}/baselines/wiener/patch_{p}.fits"
             for p in validation_patch_ids()
         ],
+        wiener_tomo=[
+            f"{RESULTS}/baselines/wiener_tomo/patch_{p}.fits"
+            for p in validation_patch_ids()
+        ],
         cutouts=training_cutouts(),
     output:
         table=f"{VALIDATION}/statistics.fits",
