@@ -132,8 +132,14 @@ def cutout_spectra(
         for start in range(0, chosen.size, CUTOUT_CHUNK):
             block = _finite_block(path, cut, chosen[start : start + CUTOUT_CHUNK])
             if cross:
-                a, b = np.broadcast_arrays(block[:, :, None], block[:, None, :])
-                ell, cl = stats.cross_spectrum_flat(a, b, pixel_scale_arcmin, ell_edges)
+                # bin pairs one at a time: memory of two bins of the chunk, not of n_bins²
+                cl = np.empty((block.shape[0], n_bins, n_bins, ell_edges.size - 1))
+                for i in range(n_bins):
+                    for j in range(i, n_bins):
+                        ell, cij = stats.cross_spectrum_flat(
+                            block[:, i], block[:, j], pixel_scale_arcmin, ell_edges
+                        )
+                        cl[:, i, j] = cl[:, j, i] = cij
             else:
                 ell, cl = stats.power_spectrum_flat(block, pixel_scale_arcmin, ell_edges)
             spectra.append(cl)
