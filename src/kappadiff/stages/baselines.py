@@ -228,11 +228,10 @@ def read_signal_covariance(path: str | os.PathLike, n_bins: int) -> tuple[np.nda
     Raises :class:`ProductError` naming the file and the missing cross-spectrum columns
     (``CL_BIN<i>_<j>``, i < j), which a measured signal power file always has.
     """
-    ell, auto = read_signal_power(path, n_bins)
-    data, _ = read_table(path, name=_table_name(path))
-    upper = {k.upper(): v for k, v in data.items()}
+    columns = _power_columns(path)
+    ell, auto = _auto_spectra(path, columns, n_bins)
     pairs = [(i, j) for i in range(n_bins) for j in range(i + 1, n_bins)]
-    missing = [cross_column(i, j) for i, j in pairs if cross_column(i, j) not in upper]
+    missing = [cross_column(i, j) for i, j in pairs if cross_column(i, j) not in columns]
     if missing:
         raise ProductError(
             f"{path}: the tomographic Wiener filter needs the cross-spectra, but the table "
@@ -242,19 +241,38 @@ def read_signal_covariance(path: str | os.PathLike, n_bins: int) -> tuple[np.nda
     cl = np.zeros((n_bins, n_bins, ell.size))
     cl[np.arange(n_bins), np.arange(n_bins)] = auto
     for i, j in pairs:
-        column = np.asarray(upper[cross_column(i, j)], dtype=np.float64)
+        column = np.asarray(columns[cross_column(i, j)], dtype=np.float64)
         if not np.all(np.isfinite(column)):
             raise ProductError(f"{path}: column {cross_column(i, j)} holds non-finite values")
         cl[i, j] = cl[j, i] = column
     return ell, cl
 
 
-def _table_name(path: str | os.PathLike) -> str:
+def _power_columns(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The columns of a signal power file's first table, by upper-case name."""
     with fits.open(path, memmap=False) as hdul:
         tables = [h.name for h in hdul[1:] if isinstance(h, fits.BinTableHDU)]
     if not tables:
         raise ProductError(f"{path}: no table HDU holding the signal power")
-    return tables[0]
+    data, _ = read_table(path, name=tables[0])
+    return {k.upper(): v for k, v in data.items()}
+
+
+def _auto_spectra(
+    path: str | os.PathLike, columns: Mapping[str, np.ndarray], n_bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    wanted = ["ELL", *(f"CL_BIN{b + 1}" for b in range(n_bins))]
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise ProductError(f"{path}: signal power table lacks columns {missing}")
+    ell = np.asarray(columns["ELL"], dtype=np.float64)
+    cl = np.stack([np.asarray(columns[c], dtype=np.float64) for c in wanted[1:]])
+    if np.any(~(ell > 0)) or np.any(np.diff(ell) <= 0):
+        raise ProductError(f"{path}: column ELL must be positive and strictly increasing")
+    bad = ~(cl > 0)
+    if bad.any():
+        raise ProductError(f"{path}: {int(bad.sum())} CL_BIN values are <= 0 or NaN")
+    return ell, cl
 
 
 def read_signal_power(path: str | os.PathLike, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -262,20 +280,7 @@ def read_signal_power(path: str | os.PathLike, n_bins: int) -> tuple[np.ndarray,
 
     Raises :class:`ProductError` naming the file and the missing or bad column.
     """
-    data, _ = read_table(path, name=_table_name(path))
-    upper = {k.upper(): v for k, v in data.items()}
-    wanted = ["ELL", *(f"CL_BIN{b + 1}" for b in range(n_bins))]
-    missing = [c for c in wanted if c not in upper]
-    if missing:
-        raise ProductError(f"{path}: signal power table lacks columns {missing}")
-    ell = np.asarray(upper["ELL"], dtype=np.float64)
-    cl = np.stack([np.asarray(upper[c], dtype=np.float64) for c in wanted[1:]])
-    if np.any(~(ell > 0)) or np.any(np.diff(ell) <= 0):
-        raise ProductError(f"{path}: column ELL must be positive and strictly increasing")
-    bad = ~(cl > 0)
-    if bad.any():
-        raise ProductError(f"{path}: {int(bad.sum())} CL_BIN values are <= 0 or NaN")
-    return ell, cl
+    return _auto_spectra(path, _power_columns(path), n_bins)
 
 
 def kaiser_squires_patch_file(
@@ -353,9 +358,8 @@ def wiener_patch_file(
     for name, it, rr in zip(names, iterations, residual, strict=True):
         log.info("%s: %d CG steps, residual %.3g", f"bin {name}" if name else "joint", it, rr)
     if not np.all(res.converged):
-        which = (
-            "" if tomographic else f" for bins {[int(n) for n in np.array(names)[~res.converged]]}"
-        )
+        failed = [n for n, ok in zip(names, np.atleast_1d(res.converged), strict=True) if not ok]
+        which = "" if tomographic else f" for bins {[int(n) for n in failed]}"
         raise RuntimeError(
             f"{data_path}: Wiener filter did not reach lensing.wiener_tol = {lcfg['wiener_tol']} "
             f"in {lcfg['wiener_max_iter']} iterations{which} (residuals {res.residual})"
