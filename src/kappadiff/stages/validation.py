@@ -212,7 +212,6 @@ def _draw_prior_maps(
     import torch
 
     from ..diffusion.checkpoint import load_prior
-    from ..diffusion.sampler import timestep_sequence
     from .prior import draw_prior_samples
 
     torch.set_num_threads(max(1, int(threads)))
@@ -227,7 +226,7 @@ def _draw_prior_maps(
     power = float(config["sampling"]["step_power"])
     eta = float(config["sampling"]["eta"])
     kappa = draw_prior_samples(prior, n, n_steps, eta, seed, step_power=power)
-    return kappa, prior, len(timestep_sequence(int(prior.schedule.T), n_steps, power))
+    return kappa, prior, n_steps  # timestep_sequence always gives n_steps distinct steps
 
 
 def draw_tarp_references(
