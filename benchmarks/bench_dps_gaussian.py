@@ -6,9 +6,9 @@ posterior mean of a shear patch is a tomographic Wiener filter, so the loss of D
 its likelihood approximation, its step rule and its κ → γ operator, can be measured apart
 from the network. On the validation mock patches this script compares, per bin:
 
-* the tomographic Wiener filter (:func:`kappadiff.lensing.wiener_filter_tomographic`, with
-  the cut-outs' auto and cross spectra and ``lensing.pad``), the Gaussian optimum;
-* the per-bin Wiener filter, the paper's baseline;
+* the tomographic Wiener filter (the pipeline's ``baselines/wiener_tomo`` products), the
+  Gaussian optimum;
+* the per-bin Wiener filter (``baselines/wiener``), the paper's baseline;
 * the mean of ``--n-samples`` DPS samples drawn with the Gaussian denoiser, for each
   ``--shear-pads`` x ``--t-bars`` (0: unscaled DPS), at the config's ``sampling`` steps.
 
@@ -31,16 +31,14 @@ import numpy as np
 import torch
 import yaml
 
-from kappadiff import lensing
 from kappadiff.catalogue_io import read_data_patch
 from kappadiff.diffusion.checkpoint import load_prior
 from kappadiff.diffusion.dps import dps_guidance, shear_data
 from kappadiff.diffusion.gaussian import GaussianDenoiser, mode_covariance
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
 from kappadiff.products import read_images
-from kappadiff.stages.baselines import cutout_spectra, read_cutouts
+from kappadiff.stages.baselines import read_cutouts
 from kappadiff.stages.validation import compare_statistics, log_ell_bins
-from kappadiff.stats import ell_bins_linear
 
 
 def main() -> None:
@@ -68,36 +66,22 @@ def main() -> None:
     maps = read_cutouts(cutouts, args.n_cutouts)
     x = prior.from_kappa(torch.from_numpy(maps.astype(np.float32))).double().numpy()
     denoiser = GaussianDenoiser(mode_covariance(x), prior.schedule)
-    ell_lin, cl = cutout_spectra(
-        cutouts, npix, scale, ell_bins_linear(npix, npix, scale), args.n_cutouts, cross=True
-    )
-    cl = cl.mean(axis=0)
-    cl = 0.5 * (cl + np.swapaxes(cl, 0, 1))
 
-    data, truth, mask = [], [], []
+    data, mask = [], []
+    methods: dict[str, np.ndarray] = {}
     for p in patches:
         images, _ = read_data_patch(res / "data" / f"patch_{p:04d}.fits", scale)
         data.append(images)
-        truth.append(read_images(res / "truth" / f"patch_{p:04d}.fits", ["KAPPA"])[0]["KAPPA"])
         mask.append(images["MASK"])
-    lcfg = config["lensing"]
-    methods: dict[str, np.ndarray] = {"truth": np.asarray(truth)}
-    for name, tomographic in (("wiener", False), ("wiener_tomo", True)):
-        out = []
-        for d in data:
-            if tomographic:
-                r = lensing.wiener_filter_tomographic(
-                    d["G1"], d["G2"], d["SIGMA"], d["MASK"], ell_lin, cl, scale,
-                    pad=lcfg["pad"], tol=lcfg["wiener_tol"], max_iter=lcfg["wiener_max_iter"],
-                )  # fmt: skip
-            else:
-                auto = cl[np.arange(cl.shape[0]), np.arange(cl.shape[0])]
-                r = lensing.wiener_filter(
-                    d["G1"], d["G2"], d["SIGMA"], d["MASK"], ell_lin, auto, scale,
-                    pad=lcfg["pad"], tol=lcfg["wiener_tol"], max_iter=lcfg["wiener_max_iter"],
-                )  # fmt: skip
-            out.append(r.kappa)
-        methods[name] = np.asarray(out)
+    # the truth and the pipeline's two Wiener filters of the same patches
+    for name, folder in (("truth", "truth"), ("wiener", "baselines/wiener"),
+                         ("wiener_tomo", "baselines/wiener_tomo")):  # fmt: skip
+        methods[name] = np.asarray(
+            [
+                read_images(res / folder / f"patch_{p:04d}.fits", ["KAPPA"])[0]["KAPPA"]
+                for p in patches
+            ]  # fmt: skip
+        )
 
     steps = timestep_sequence(prior.schedule.T, int(s["n_steps"]), float(s["step_power"]))
     shape = (args.n_samples, *methods["truth"].shape[1:])
