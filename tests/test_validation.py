@@ -460,6 +460,32 @@ def test_sample_mock_overrides_sampling_and_reuses_a_matching_run(tmp_path, monk
         val.sample_mock("d", "m", "o", config, 0)
 
 
+def test_sample_mock_params_hold_what_the_sampler_reads_and_nothing_else(monkeypatch, tmp_path):
+    from kappadiff.stages import posterior
+
+    calls = []
+    monkeypatch.setattr(posterior, "sample_patch", lambda *a, **k: calls.append(a[3]))
+    config = _config()
+    params = val.sample_mock_params(config)
+    # the sampler runs on the params alone (the rule hands it nothing else) ...
+    val.sample_mock("d.fits", "m.pt", tmp_path / "o.fits", params, 3, scaling={"scaled": False})
+    full = []
+    monkeypatch.setattr(posterior, "sample_patch", lambda *a, **k: full.append(a[3]))
+    val.sample_mock("d.fits", "m.pt", tmp_path / "o.fits", config, 3, scaling={"scaled": False})
+    assert calls[0]["sampling"] == full[0]["sampling"]
+    # ... they change with the sampler's settings ...
+    for key, value in (("n_steps", 4), ("n_samples", 16)):
+        assert val.sample_mock_params(_config(**{key: value})) != params
+    changed = _config()
+    changed["sampling"]["eta"] = 0.5
+    assert val.sample_mock_params(changed) != params
+    # ... and not with the grid, the statistics or the patch lists, so adding a candidate or
+    # a mock patch does not rerun the existing runs
+    other = _config(t_bar=[300, 500, 750], n_bootstrap=10, patches=[0, 1, 2], n_ell_bins=8)
+    other["sampling"]["patches"] = [5]
+    assert val.sample_mock_params(other) == params
+
+
 def _tiny_prior(path):
     """A checkpoint of an untrained 16 px, 4-bin prior (κ scale 0.02)."""
     import torch

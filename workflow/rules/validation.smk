@@ -4,6 +4,9 @@
 # the statistics and figures of the validation report.
 
 
+from kappadiff.stages import validation as validation_stage
+
+
 include: "validation_common.smk"
 
 
@@ -28,7 +31,8 @@ rule validate_sample:
         gpu=1,
     params:
         scaling=run_scaling,
-        config=validation_params(),
+        # only what the sampler reads: a new grid candidate or patch runs only the new runs
+        config=validation_stage.sample_mock_params(config),
     script:
         "../../scripts/validate_sample.py"
 

@@ -61,6 +61,7 @@ __all__ = [
     "read_scaling",
     "run_coverage",
     "sample_mock",
+    "sample_mock_params",
     "search_scaling",
     "tarp_inputs",
     "validate_statistics",
@@ -115,6 +116,24 @@ def _run_scaling_of(path: str | os.PathLike) -> dict[str, Any]:
         "scaled": True,
         "t_bar": [float(h[f"TBAR{b}"]) for b in range(1, n + 1)],
         "sigma_t": [float(h[f"SIGT{b}"]) for b in range(1, n + 1)],
+    }
+
+
+def sample_mock_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration a validation run's samples depend on (its Snakemake params).
+
+    The seed, ``sampling`` without its patch list (:func:`.posterior.sampling_params`), and
+    ``validation.n_samples`` and ``validation.n_steps``, which :func:`sample_mock` puts in
+    place of the data's. Everything :func:`sample_mock` reads, and nothing else: the scaling
+    grid, the TARP and statistics settings and the patch lists stay out, so that adding a
+    grid candidate or a mock patch runs only the new runs.
+    """
+    from .posterior import sampling_params
+
+    v = config["validation"]
+    return {
+        **sampling_params(config),
+        "validation": {"n_samples": v["n_samples"], "n_steps": v["n_steps"]},
     }
 
 
