@@ -196,3 +196,30 @@ def test_choose_scaling_takes_the_most_accurate_calibrated_run():
     np.testing.assert_array_equal(per.candidate, [1, 0])
     with pytest.raises(ValueError, match="loss has shape"):
         choose_scaling(cands, errors, 4, False, loss[:2], 0.1)
+
+
+def test_choose_scaling_counts_only_admissible_runs_as_calibrated():
+    cands = [(900.0, 20.0), (950.0, 20.0), (975.0, 20.0)]
+    errors, loss = np.array([0.03, 0.03, 0.08]), np.array([0.7, 0.6, 0.5])
+    ok = np.array([True, True, False])  # run 2 fails the power check
+    np.testing.assert_array_equal(
+        choose_scaling(cands, errors, 2, False, loss, 0.1).candidate, [2, 2]
+    )
+    np.testing.assert_array_equal(
+        choose_scaling(cands, errors, 2, False, loss, 0.1, admissible=ok).candidate, [1, 1]
+    )
+    # nothing calibrated: the best TARP among the admissible runs, else among all
+    worse = np.array([0.5, 0.4, 0.2])
+    assert choose_scaling(cands, worse, 2, False, loss, 0.1, admissible=ok).candidate[0] == 1
+    none = np.zeros(3, dtype=bool)
+    assert choose_scaling(cands, worse, 2, False, loss, 0.1, admissible=none).candidate[0] == 2
+    # per bin: bin 2 loses its most accurate calibrated run
+    per_ok = np.array([[True, True], [True, True], [True, False]])
+    per = choose_scaling(
+        cands, np.full((3, 2), 0.05), 2, True, np.tile(loss[:, None], 2), 0.1, admissible=per_ok
+    )
+    np.testing.assert_array_equal(per.candidate, [2, 1])
+    with pytest.raises(ValueError, match="admissible"):
+        choose_scaling(cands, errors, 2, False, loss, 0.1, admissible=ok[:2])
+    with pytest.raises(ValueError, match="admissible"):
+        choose_scaling(cands, errors, 2, False, loss, 0.1, admissible=ok.astype(int))

@@ -23,6 +23,7 @@ def _config(npix=16, **overrides):
         "sigma_t": [20],
         "per_bin": False,
         "tarp_tolerance": 0.1,
+        "power_tolerance": 0.3,
         "n_references": 2,
         "n_regions": 4,
         "block": 2,
@@ -352,7 +353,8 @@ def test_search_scaling_ranks_calibrated_runs_by_rho_not_pixel_error(tmp_path, r
     Pixel error prefers the noisy mean ((1.5 + 1)/5 = 0.5 against (0.49·4 + 1)/5 ≈ 0.59);
     ρ_c prefers the shrunk one (0.89 against 4/√(5.5·5) ≈ 0.76).
     """
-    config = _config(tarp_tolerance=1.0)  # every candidate counts as calibrated
+    # every candidate counts as calibrated (neither has the power of the truth)
+    config = _config(tarp_tolerance=1.0, power_tolerance=100.0)
     n_patch = 6
     mu = rng.normal(0.0, 2.0, size=(n_patch, N_BINS, 16, 16))
     truth = mu + rng.normal(size=mu.shape)
@@ -377,7 +379,9 @@ def test_search_scaling_ranks_calibrated_runs_by_rho_not_pixel_error(tmp_path, r
 
 
 def test_search_scaling_per_bin(tmp_path, rng):
-    config = _config(per_bin=True)
+    # TARP decides here (the width-0.2 runs' power is 19 % low; the power check is tested
+    # on its own below)
+    config = _config(per_bin=True, power_tolerance=100.0)
     n_patch = 4
     mu = rng.normal(0.0, 2.0, size=(n_patch, N_BINS, 16, 16))
     truth = mu + rng.normal(size=mu.shape)
@@ -405,6 +409,51 @@ def test_search_scaling_per_bin(tmp_path, rng):
     chosen = val.read_scaling(tmp_path / "scaling.fits")
     assert chosen["t_bar"] == [300.0, 300.0, 600.0, 600.0]
     assert chosen["sigma_t"] == [20.0, 20.0, 50.0, 50.0]
+
+
+@pytest.mark.parametrize("per_bin", [False, True])
+def test_search_scaling_rejects_a_run_whose_samples_fit_the_noise(tmp_path, rng, per_bin):
+    """A run whose samples scatter about the truth itself has the best mean but too much power.
+
+    Truth = μ + n (power 4 + 1 = 5 a pixel). The posterior N(μ, 1) has the truth's power. The
+    noise-fitting run, truth + 1.5 ε, has a mean that correlates better with the truth but
+    power 5 + 2.25 = 7.25: 45 % high. With TARP out of the way (tolerance 1), ρ_c would
+    choose it; the power check (0.3) must not. 8 patches of 32² px: the calibrated run's
+    error is 0.03-0.14 over seeds (the lowest ℓ bin holds a few modes), the other's 0.41-0.67.
+    """
+    config = _config(npix=32, per_bin=per_bin, tarp_tolerance=1.0)
+    n_patch = 8
+    mu = rng.normal(0.0, 2.0, size=(n_patch, N_BINS, 32, 32))
+    truth = mu + rng.normal(size=mu.shape)
+    runs = {
+        "t900_s20": mu + rng.normal(size=(8, *mu.shape)),
+        "t975_s20": truth + 1.5 * rng.normal(size=(8, *mu.shape)),
+    }
+    paths, scalings, truth_paths = write_candidates(tmp_path, truth, runs)
+    write_kappa(tmp_path / "refs.fits", rng.normal(0.0, np.sqrt(5.0), size=(4, N_BINS, 32, 32)))
+    masks = write_masks(tmp_path, truth)
+
+    def search(cfg, name):
+        val.search_scaling(
+            paths, scalings, truth_paths, masks, tmp_path / "refs.fits",
+            tmp_path / f"{name}.fits", tmp_path / f"{name}_search.fits", cfg,
+        )  # fmt: skip
+        with fits.open(tmp_path / f"{name}_search.fits") as hdul:
+            summary = hdul["SUMMARY"].data
+        rows = summary[summary["refs"] == "prior"]
+        return val.read_scaling(tmp_path / f"{name}.fits")["t_bar"], rows
+
+    chosen, rows = search(config, "power")
+    assert chosen == [900.0] * N_BINS
+    for b in range(N_BINS + 1):
+        per = {r["run"]: r for r in rows[rows["bin"] == b]}
+        assert per["t900_s20"]["max_power_error"] < 0.2
+        assert 0.35 < per["t975_s20"]["max_power_error"] < 0.75  # 0.45 expected
+        assert per["t975_s20"]["mean_rho"] > per["t900_s20"]["mean_rho"] + 0.05
+    # without the power check the better-correlated, noise-fitting run wins
+    chosen, _ = search(_config(npix=32, per_bin=per_bin, tarp_tolerance=1.0,
+                               power_tolerance=100.0), "nopower")  # fmt: skip
+    assert chosen == [975.0] * N_BINS
 
 
 def test_read_scaling_refuses_bad_values(tmp_path):

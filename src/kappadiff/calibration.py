@@ -400,6 +400,7 @@ def choose_scaling(
     per_bin: bool,
     loss: np.ndarray | None = None,
     tolerance: float = 0.0,
+    admissible: np.ndarray | None = None,
 ) -> ScalingChoice:
     """Pick the A(t) parameters: the most accurate among the calibrated, else the best calibrated.
 
@@ -420,7 +421,12 @@ def choose_scaling(
         alone decides.
     tolerance
         Runs with ``errors <= tolerance`` count as calibrated; among them the lowest ``loss``
-        wins. When none is calibrated (or ``loss`` is None) the lowest ``errors`` wins.
+        wins. When none is calibrated (or ``loss`` is None) the lowest ``errors`` wins, of
+        the admissible runs if any.
+    admissible
+        Booleans shaped like ``errors``: runs that pass the other calibration checks (e.g.
+        the samples' power against the truth's). A run counts as calibrated only if it is
+        admissible too. ``None``: all are.
 
     Returns
     -------
@@ -450,19 +456,31 @@ def choose_scaling(
             raise ValueError(f"{int(np.sum(~np.isfinite(loss)))} loss values are not finite")
     if tolerance < 0:
         raise ValueError(f"tolerance = {tolerance} must be >= 0")
+    if admissible is None:
+        admissible = np.ones(expected, dtype=bool)
+    admissible = np.asarray(admissible)
+    if admissible.shape != expected or admissible.dtype != bool:
+        raise ValueError(
+            f"admissible has shape {admissible.shape} and dtype {admissible.dtype}, "
+            f"expected booleans of shape {expected}"
+        )
 
-    def pick(err: np.ndarray, acc: np.ndarray | None) -> int:
-        ok = err <= tolerance
-        if acc is None or not ok.any():
-            return int(np.argmin(err))
-        return int(np.argmin(np.where(ok, acc, np.inf)))
+    def pick(err: np.ndarray, acc: np.ndarray | None, adm: np.ndarray) -> int:
+        ok = (err <= tolerance) & adm
+        if acc is not None and ok.any():
+            return int(np.argmin(np.where(ok, acc, np.inf)))
+        # calibration alone: the best TARP among the admissible runs, if there is one
+        return int(np.argmin(np.where(adm if adm.any() else True, err, np.inf)))
 
     if per_bin:
         best = np.array(
-            [pick(errors[:, b], None if loss is None else loss[:, b]) for b in range(n_bin)]
+            [
+                pick(errors[:, b], None if loss is None else loss[:, b], admissible[:, b])
+                for b in range(n_bin)
+            ]
         )
         err = errors[best, np.arange(n_bin)]
     else:
-        best = np.full(n_bin, pick(errors, loss))
+        best = np.full(n_bin, pick(errors, loss, admissible))
         err = np.full(n_bin, errors[best[0]])
     return ScalingChoice(cand[best, 0], cand[best, 1], best, err)
