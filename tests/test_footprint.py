@@ -113,6 +113,17 @@ def test_des_footprint_layout_has_about_410_patches(tmp_path, repo_root):
     # the layout crosses RA = 0 without a seam: patches at RA 0 and on both sides of it
     ra = table["ra"]
     assert np.any(ra == 0.0) and np.any(ra > 350) and np.any((ra > 0) & (ra < 10))
+    # the default mock patches are interior and no two overlap (independent truths): centres
+    # farther apart than the patch diagonal, which bounds any two overlapping patches
+    mocks = config["validation"]["patches"]
+    assert len(set(mocks)) == len(mocks) and set(config["validation"]["search_patches"]) <= set(
+        mocks
+    )
+    assert np.array_equal(table["id"], np.arange(len(ids)))  # row = patch id
+    assert np.all(table["coverage"][mocks] == 1.0)
+    v = hp.ang2vec(table["ra"][mocks], table["dec"][mocks], lonlat=True)
+    sep = np.degrees(np.arccos(np.clip(v @ v.T, -1.0, 1.0)))[np.triu_indices(len(mocks), 1)]
+    assert sep.min() > np.sqrt(2) * config["layout"]["patch_size_deg"], sep.min()
     assert data_patch_ids(config) == config["sampling"]["patches"]
     assert data_patch_ids(dict(config, sampling=dict(config["sampling"], patches="all"))) == ids
     with pytest.raises(ValueError, match="sampling.patches: ids \\[9999\\]"):
