@@ -7,7 +7,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from kappadiff import products
+from kappadiff import plots, products
 from kappadiff.lensing import fourier_ell
 from kappadiff.stages import validation as val
 
@@ -409,6 +409,30 @@ def test_search_scaling_per_bin(tmp_path, rng):
     chosen = val.read_scaling(tmp_path / "scaling.fits")
     assert chosen["t_bar"] == [300.0, 300.0, 600.0, 600.0]
     assert chosen["sigma_t"] == [20.0, 20.0, 50.0, 50.0]
+
+
+def test_power_ratio_and_error_of_rescaled_truths(rng):
+    """Samples that are the truth times a have a² of its power at every ℓ: error |a² − 1|."""
+    truth = rng.normal(size=(3, N_BINS, 32, 32))
+    amp = np.array([1.0, 1.1, 0.9, 1.3])[None, None, :, None, None]
+    samples = np.repeat(truth[None], 2, axis=0) * amp
+    mask = np.ones_like(truth)
+    mask[:, :, :4] = 0.0  # masked pixels count in neither
+    samples[:, :, :, :4] = 100.0
+    edges = val.log_ell_bins(32, 4.0, 6)
+    ell, ratio = val.power_ratio(samples, truth, mask, 4.0, edges)
+    assert ratio.shape == (N_BINS, len(ell))
+    np.testing.assert_allclose(ratio, np.broadcast_to(amp.reshape(-1, 1) ** 2, ratio.shape))
+    np.testing.assert_allclose(val.power_error(ratio), [0.69, 0.0, 0.21, 0.19, 0.69], atol=1e-12)
+    # one ℓ bin 50 % off counts for its share of the mean only
+    ratio[0, 0] = 1.5
+    assert val.power_error(ratio)[1] == pytest.approx(0.5 / len(ell))
+    fig = plots.calibration_panels(
+        {"tuned": (np.arange(3), np.ones((3, N_BINS)))},
+        {"tuned": {}},
+        {"tuned": (ell, ratio)},
+    )
+    assert len(fig.axes) == 2 and fig.axes[1].get_xscale() == "log"
 
 
 @pytest.mark.parametrize("per_bin", [False, True])

@@ -147,8 +147,8 @@ def _map_panel(ax, img: np.ndarray, vmin: float, vmax: float, cmap: str = "RdBu_
     return im
 
 
-def calibration_panels(drift: Mapping, coverage: Mapping) -> Figure:
-    """Figure 1: trajectory diagnostic and TARP coverage of scaled and unscaled DPS.
+def calibration_panels(drift: Mapping, coverage: Mapping, power: Mapping | None = None) -> Figure:
+    """Figure 1: trajectory diagnostic, TARP coverage and power of scaled and unscaled DPS.
 
     Parameters
     ----------
@@ -158,11 +158,13 @@ def calibration_panels(drift: Mapping, coverage: Mapping) -> Figure:
     coverage
         ``{run: {(reference kind, bin): TarpResult}}`` with bin 0 the joint TARP; the joint
         curves are drawn, one panel per reference kind, with their 16-84 % bootstrap band.
+    power
+        ``{run: (ell [ℓ], ratio [bin, ℓ])}``: the samples' C_ℓ over the truths'; a last
+        panel when given.
     """
     kinds = sorted({k for per in coverage.values() for k, _ in per})
-    fig, axes = plt.subplots(
-        1, 1 + len(kinds), figsize=(4 * (1 + len(kinds)), 3.6), layout="constrained"
-    )
+    n_panels = 1 + len(kinds) + (power is not None)
+    fig, axes = plt.subplots(1, n_panels, figsize=(4 * n_panels, 3.6), layout="constrained")
     ax = axes[0]
     for i, (run, (t, d)) in enumerate(drift.items()):
         d = np.asarray(d)
@@ -181,7 +183,7 @@ def calibration_panels(drift: Mapping, coverage: Mapping) -> Figure:
     ax.set_ylabel("rms$(x_t)$ / expected")
     ax.set_title("trajectory (bins 1-4, bin 4 bold)", fontsize=9)
     ax.legend(fontsize=8)
-    for ax, kind in zip(axes[1:], kinds, strict=True):
+    for ax, kind in zip(axes[1 : 1 + len(kinds)], kinds, strict=True):
         ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls="--")
         for i, (run, per) in enumerate(coverage.items()):
             r = per[kind, 0]
@@ -194,6 +196,27 @@ def calibration_panels(drift: Mapping, coverage: Mapping) -> Figure:
         ax.set_ylabel("expected coverage")
         ax.set_title(f"TARP, {kind} references", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
+    if power is not None:
+        ax = axes[-1]
+        for i, (run, (ell, ratio)) in enumerate(power.items()):
+            ratio = np.asarray(ratio)
+            err = np.abs(ratio - 1.0).mean(axis=-1).max()
+            for b in range(ratio.shape[0]):
+                last = b == ratio.shape[0] - 1
+                ax.plot(
+                    ell,
+                    ratio[b],
+                    color=f"C{i}",
+                    lw=1,
+                    alpha=0.4 + 0.6 * last,
+                    label=f"{run}: mean|ratio-1| ≤ {err:.2f}" if last else None,
+                )
+        ax.axhline(1.0, color="k", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("ℓ")
+        ax.set_ylabel("$C_\\ell$(samples) / $C_\\ell$(truth)")
+        ax.set_title("power of the samples (bins 1-4, bin 4 bold)", fontsize=9)
+        ax.legend(fontsize=7)
     return fig
 
 

@@ -58,6 +58,7 @@ __all__ = [
     "mosaic_figure",
     "patch_figure",
     "power_error",
+    "power_ratio",
     "prior_statistics",
     "read_scaling",
     "run_coverage",
@@ -638,30 +639,36 @@ def mean_rho(
     return np.concatenate([[per_bin.mean()], per_bin])
 
 
-def power_error(
+def power_ratio(
     samples: np.ndarray,
     truth: np.ndarray,
     mask: np.ndarray,
     pixel_scale_arcmin: float,
     ell_edges: np.ndarray,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
+    """ℓ and C̄_ℓ^samples/C̄_ℓ^truth ``[bin, ℓ]``, arguments as for :func:`power_error`."""
+    s = np.asarray(samples, dtype=np.float64) * mask
+    t = np.asarray(truth, dtype=np.float64) * mask
+    ell, css = stats.power_spectrum_flat(s, pixel_scale_arcmin, ell_edges)
+    _, ctt = stats.power_spectrum_flat(t, pixel_scale_arcmin, ell_edges)
+    return ell, css.mean(axis=(0, 1)) / ctt.mean(axis=0)
+
+
+def power_error(ratio: np.ndarray) -> np.ndarray:
     """How far the samples' power strays from the truth's: the mean over ℓ of |C̄_ℓ^s/C̄_ℓ^t − 1|.
 
     Parameters
     ----------
-    samples
-        ``[sample, patch, bin, n, n]`` posterior samples.
-    truth, mask
-        ``[patch, bin, n, n]``; spectra are of the maps times the mask (1 where observed).
-    pixel_scale_arcmin, ell_edges
-        As for :func:`mean_rho`.
+    ratio
+        ``[bin, ℓ]``: the samples' C_ℓ (``samples [sample, patch, bin, n, n]``, averaged over
+        samples and patches) over the truths' (``[patch, bin, n, n]``, averaged over
+        patches), of the maps times the mask (1 where observed): :func:`power_ratio`.
 
     Returns
     -------
     numpy.ndarray
-        ``[1 + bin]``: per bin, the relative deviation of the samples' C_ℓ (averaged over
-        samples and patches) from the truths' (averaged over patches), its absolute value
-        averaged over the ℓ bins; the largest over bins first.
+        ``[1 + bin]``: per bin, the relative deviation of the samples' C_ℓ from the
+        truths', its absolute value averaged over the ℓ bins; the largest over bins first.
 
     Notes
     -----
@@ -672,12 +679,7 @@ def power_error(
     over ℓ keeps a systematic excess and lets one ℓ bin of few modes, where the truths of a
     few patches stray from their ensemble, count for only its share.
     """
-    s = np.asarray(samples, dtype=np.float64) * mask
-    t = np.asarray(truth, dtype=np.float64) * mask
-    _, css = stats.power_spectrum_flat(s, pixel_scale_arcmin, ell_edges)
-    _, ctt = stats.power_spectrum_flat(t, pixel_scale_arcmin, ell_edges)
-    ratio = np.divide(css.mean(axis=(0, 1)), ctt.mean(axis=0))
-    per_bin = np.abs(ratio - 1.0).mean(axis=-1)
+    per_bin = np.abs(np.asarray(ratio, dtype=np.float64) - 1.0).mean(axis=-1)
     return np.concatenate([[per_bin.max()], per_bin])
 
 
@@ -693,7 +695,8 @@ def _load_runs(
     """TARP of every run, and the accuracy of its posterior mean.
 
     The accuracy is ``{"mse": mean_error(...), "rho": mean_rho(...), "power":
-    power_error(...)}`` per run (joint first).
+    power_error(...)}`` per run (joint first), with ``"ell"`` and ``"power_ratio"``
+    (:func:`power_ratio`) for figure 1.
     """
     v = config["validation"]
     truth = _read_stack(truth_paths, "KAPPA")
@@ -713,10 +716,13 @@ def _load_runs(
         x, theta, pool = tarp_inputs(samples, truth, ref_maps, int(v["n_regions"]), int(v["block"]))
         results[run] = run_coverage(x, theta, pool, config)
         mean = samples.mean(axis=0)
+        ell, ratio = power_ratio(samples, truth, mask, pixel_scale, ell_edges)
         errors[run] = {
             "mse": mean_error(mean, truth),
             "rho": mean_rho(mean, truth, mask, pixel_scale, ell_edges),
-            "power": power_error(samples, truth, mask, pixel_scale, ell_edges),
+            "power": power_error(ratio),
+            "ell": ell,
+            "power_ratio": ratio,
         }
         log.info(
             "run %s: %d sims x %d dims, max|ECP-a| joint (prior refs) %.3f, per bin %s; "
@@ -899,7 +905,8 @@ def calibration_figure(
         :func:`search_scaling`).
     figure_output
         PNG: trajectory diagnostic (DRIFT of the posterior products against t) of both runs,
-        and their joint TARP curves with bootstrap bands, prior and random references.
+        their joint TARP curves with bootstrap bands, prior and random references, and
+        their samples' C_ℓ over the truths' (the search's power check).
     """
     run_paths = {"tuned": list(tuned_paths), "unscaled": list(unscaled_paths)}
     scalings = {"tuned": read_scaling(scaling_path), "unscaled": {"scaled": False}}
@@ -912,7 +919,8 @@ def calibration_figure(
             per_patch[0]["TSTEPS"].astype(int),
             np.mean([d["DRIFT"] for d in per_patch], axis=0),
         )
-    _save_figure(plots.calibration_panels(drift, results), figure_output)
+    power = {run: (a["ell"], a["power_ratio"]) for run, a in accuracy.items()}
+    _save_figure(plots.calibration_panels(drift, results, power), figure_output)
     return Path(figure_output)
 
 
