@@ -430,7 +430,7 @@ def test_power_ratio_and_error_of_rescaled_truths(rng):
     fig = plots.calibration_panels(
         {"tuned": (np.arange(3), np.ones((3, N_BINS)))},
         {"tuned": {}},
-        {"tuned": (ell, ratio)},
+        {"tuned": (ell, ratio, val.power_error(ratio)[0])},
     )
     assert len(fig.axes) == 2 and fig.axes[1].get_xscale() == "log"
 

@@ -159,8 +159,9 @@ def calibration_panels(drift: Mapping, coverage: Mapping, power: Mapping | None 
         ``{run: {(reference kind, bin): TarpResult}}`` with bin 0 the joint TARP; the joint
         curves are drawn, one panel per reference kind, with their 16-84 % bootstrap band.
     power
-        ``{run: (ell [ℓ], ratio [bin, ℓ])}``: the samples' C_ℓ over the truths'; a last
-        panel when given.
+        ``{run: (ell [ℓ], ratio [bin, ℓ], error)}``: the samples' C_ℓ over the truths', and
+        the power check's measure of it (largest over bins), for the legend; a last panel
+        when given.
     """
     kinds = sorted({k for per in coverage.values() for k, _ in per})
     n_panels = 1 + len(kinds) + (power is not None)
@@ -198,9 +199,8 @@ def calibration_panels(drift: Mapping, coverage: Mapping, power: Mapping | None 
         ax.legend(fontsize=7, loc="upper left")
     if power is not None:
         ax = axes[-1]
-        for i, (run, (ell, ratio)) in enumerate(power.items()):
+        for i, (run, (ell, ratio, err)) in enumerate(power.items()):
             ratio = np.asarray(ratio)
-            err = np.abs(ratio - 1.0).mean(axis=-1).max()
             for b in range(ratio.shape[0]):
                 last = b == ratio.shape[0] - 1
                 ax.plot(

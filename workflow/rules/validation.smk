@@ -31,7 +31,7 @@ rule validate_sample:
         gpu=1,
     params:
         scaling=run_scaling,
-        # only what the sampler reads: a new grid candidate or patch runs only the new runs
+        # only what the sampler reads: a new grid candidate runs only its own runs
         config=validation_stage.sample_mock_params(config),
     script:
         "../../scripts/validate_sample.py"

@@ -128,7 +128,8 @@ def sample_mock_params(config: Mapping[str, Any]) -> dict[str, Any]:
     ``validation.n_samples`` and ``validation.n_steps``, which :func:`sample_mock` puts in
     place of the data's. Everything :func:`sample_mock` reads, and nothing else: the scaling
     grid, the TARP and statistics settings and the patch lists stay out, so that adding a
-    grid candidate or a mock patch runs only the new runs.
+    grid candidate runs only its own runs. (A new mock patch still reruns every run: the one
+    ``pixelise`` job rewrites every data patch.)
     """
     from .posterior import sampling_params
 
@@ -808,15 +809,14 @@ def search_scaling(
         pairs.append((float(tb[0]), float(st[0])))
     # per bin: each bin's own values; joint: the joint TARP, the bins' mean ρ_c, the worst
     # bin's power
-    cols = slice(1, None) if v["per_bin"] else 0
-    errors = np.array(
-        [
-            [results[r]["prior", b].max_error for b in range(1, n_bins + 1)]
-            if v["per_bin"]
-            else results[r]["prior", 0].max_error
-            for r in grid
-        ]
-    )
+    if v["per_bin"]:
+        cols = slice(1, None)
+        errors = np.array(
+            [[results[r]["prior", b].max_error for b in range(1, n_bins + 1)] for r in grid]
+        )
+    else:
+        cols = 0
+        errors = np.array([results[r]["prior", 0].max_error for r in grid])
     loss = np.array([1.0 - accuracy[r]["rho"][cols] for r in grid])
     power = np.array([accuracy[r]["power"][cols] for r in grid])
     admissible = power <= float(v["power_tolerance"])
@@ -919,7 +919,7 @@ def calibration_figure(
             per_patch[0]["TSTEPS"].astype(int),
             np.mean([d["DRIFT"] for d in per_patch], axis=0),
         )
-    power = {run: (a["ell"], a["power_ratio"]) for run, a in accuracy.items()}
+    power = {run: (a["ell"], a["power_ratio"], a["power"][0]) for run, a in accuracy.items()}
     _save_figure(plots.calibration_panels(drift, results, power), figure_output)
     return Path(figure_output)
 
