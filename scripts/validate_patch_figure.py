@@ -8,7 +8,7 @@ patch_figure(
     snakemake.input.posterior,
     snakemake.input.ks,
     snakemake.input.wiener,
-    snakemake.input.clusters,
+    next(iter(snakemake.input.clusters), None),
     snakemake.output[0],
     snakemake.params.config,
 )

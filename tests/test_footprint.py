@@ -9,10 +9,13 @@ import yaml
 
 from kappadiff import footprint
 from kappadiff.products import read_table
+from kappadiff.sphere import separated_interior_patches
 from kappadiff.stages.layout import (
     data_patch_ids,
+    footprint_layout_from_config,
     footprint_patch_ids,
-    pixelised_patch_ids,
+    mock_catalogue_patch_ids,
+    validation_patch_ids,
     write_footprint_layout,
 )
 
@@ -128,13 +131,41 @@ def test_des_footprint_layout_has_about_410_patches(tmp_path, repo_root):
     assert data_patch_ids(dict(config, sampling=dict(config["sampling"], patches="all"))) == ids
     with pytest.raises(ValueError, match="sampling.patches: ids \\[9999\\]"):
         data_patch_ids(dict(config, sampling=dict(config["sampling"], patches=[0, 9999])))
-    # the validation's mock patches are pixelised too (on mocks), once, in order
+    # a mock catalogue covers the data and the validation patches, once, in order; the
+    # validation mocks are their own list, whatever the catalogue
     mock = dict(config, sampling=dict(config["sampling"], patches=[7, 3]))
     mock["validation"] = dict(config["validation"], patches=[3, 1])
-    mock["catalogue"] = dict(config["catalogue"], source="mock")
-    assert pixelised_patch_ids(mock) == [1, 3, 7]
-    real = dict(mock, catalogue=dict(mock["catalogue"], source="fits"))
-    assert pixelised_patch_ids(real) == [3, 7]
+    assert mock_catalogue_patch_ids(mock) == [1, 3, 7]
+    assert validation_patch_ids(mock) == [3, 1]
     mock["validation"] = dict(mock["validation"], patches=[9999])
+    # an id outside the layout: the message gives the valid range and the interior,
+    # non-overlapping patches to choose from
+    interior = separated_interior_patches(
+        table["ra"], table["dec"], table["coverage"], config["layout"]["patch_size_deg"]
+    )
+    message = (
+        rf"validation.patches: ids \[9999\] are not in the {len(ids)}-patch layout .* "
+        rf"valid ids are 0..{len(ids) - 1}; interior patches that do not overlap .*"
+        rf"\[{interior[0]}, {interior[1]},"
+    )
+    with pytest.raises(ValueError, match=message):
+        validation_patch_ids(mock)
     with pytest.raises(ValueError, match="validation.patches: ids \\[9999\\]"):
-        pixelised_patch_ids(mock)
+        mock_catalogue_patch_ids(mock)
+
+
+def test_separated_interior_patches_are_full_and_apart(repo_root):
+    """Every patch kept is inside the footprint and farther than the patch diagonal from
+    every other kept; every full patch left out is within a diagonal of a kept one."""
+    config = _config(repo_root, "config.yaml")
+    ra, dec, coverage = footprint_layout_from_config(config)
+    size = config["layout"]["patch_size_deg"]
+    kept = separated_interior_patches(ra, dec, coverage, size)
+    assert len(kept) >= 60  # 82 on the DES layout at 3.5 deg spacing (docs/validation.md)
+    v = hp.ang2vec(ra, dec, lonlat=True)
+    sep = np.degrees(np.arccos(np.clip(v @ v.T, -1.0, 1.0)))
+    assert np.all(coverage[kept] == 1.0)
+    pairs = sep[np.ix_(kept, kept)][np.triu_indices(len(kept), 1)]
+    assert pairs.min() > np.sqrt(2) * size
+    left = np.setdiff1d(np.flatnonzero(coverage == 1.0), kept)
+    assert np.all(sep[np.ix_(left, kept)].min(axis=1) <= np.sqrt(2) * size)

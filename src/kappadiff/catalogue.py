@@ -34,6 +34,8 @@ __all__ = [
     "PatchGrid",
     "PatchLookup",
     "ResponseSums",
+    "ShapeModel",
+    "ShapeNoiseMock",
     "ShearAccumulator",
     "apply_calibration",
     "assign_to_patches",
@@ -1037,6 +1039,7 @@ def pixelise_catalogue(
     memory_mb: float = 1024.0,
     lookup_nside: int | None = None,
     where: str = "catalogue",
+    shapes: ShapeModel | None = None,
 ) -> Iterator[tuple[int, dict[str, np.ndarray], Accounting]]:
     """Pixelise a catalogue onto patches: per-pixel mean shear, noise, mask and counts.
 
@@ -1065,6 +1068,11 @@ def pixelise_catalogue(
         Resolution of the candidate-patch lookup (None: 1/8 of a patch side).
     where
         Catalogue name for messages.
+    shapes
+        Replaces the calibrated shears of the galaxies kept, after the quality cuts (so the
+        selection, weights, mask and counts are the catalogue's own): called as
+        ``shapes(ordinal, chunk, rows, g1, g2)`` with the chunk's position in the catalogue,
+        e.g. a :class:`ShapeNoiseMock`.
 
     Yields
     ------
@@ -1124,7 +1132,7 @@ def pixelise_catalogue(
             acc.clear()
             slot, n_slots = to_slot(group), len(group)
             band = _dec_band(grid.subset(group))
-        for chunk in chunks():
+        for ordinal, chunk in enumerate(chunks()):
             keep, counts = quality_cuts(chunk, n_bins, e_max, where)
             if band is not None:
                 # later passes: galaxies outside the group's Dec band are in none of its
@@ -1145,6 +1153,8 @@ def pixelise_catalogue(
                 g1, g2 = np.zeros(len(chunk)), np.zeros(len(chunk))
                 g1[rows], g2[rows] = apply_calibration(cal, bins[rows], e1[rows], e2[rows])
                 e1, e2 = g1, g2
+            if shapes is not None:
+                e1, e2 = shapes(ordinal, chunk, rows, e1, e2)
             if work[0].size < 1.5 * rows.size:
                 work = tuple(np.empty(int(1.5 * rows.size) + 1024, np.int32) for _ in range(3))
             used, assigned, starts, index, values, *work = _records_kernel(
@@ -1303,6 +1313,59 @@ def mock_shapes(
     """
     s = np.asarray(sigma_e, dtype=np.float64)[bins]
     return g1 + s * rng.standard_normal(len(g1)), g2 + s * rng.standard_normal(len(g2))
+
+
+#: ``shapes(ordinal, chunk, rows, g1, g2) -> (g1, g2)``: see :func:`pixelise_catalogue`.
+ShapeModel = Callable[
+    [int, GalaxyChunk, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]
+]
+
+
+@dataclass(frozen=True)
+class ShapeNoiseMock:
+    """A mock of a real catalogue: its own shape noise, rotated, plus a simulated shear.
+
+    Each galaxy keeps its position, weight, bin and response; its calibrated ellipticity
+    ``g`` is rotated by an independent uniform angle (``g -> g e^{2 i phi}``), which keeps
+    the exact distribution of the shape noise and removes the cosmic shear, and the true
+    shear of the simulated sky at the galaxy is added. A pixel's mean is then
+    ``gamma_true + noise`` with the data's own mask, weights and noise level.
+
+    Attributes
+    ----------
+    gamma1, gamma2 : (n_bins, npix_hp)
+        healpy spin-2 shear maps of the simulated sky (GLASS sign), one per bin.
+    kappa : (n_bins, npix_hp) or None
+        Convergence, for the reduced shear ``gamma / (1 - kappa)``; None for ``gamma``.
+    seed
+        Seed of the rotation angles; the angles of a chunk depend only on the seed and the
+        chunk's position, so every pass over the catalogue draws the same angles.
+    """
+
+    gamma1: np.ndarray
+    gamma2: np.ndarray
+    kappa: np.ndarray | None
+    seed: int
+
+    def __call__(
+        self, ordinal: int, chunk: GalaxyChunk, rows: np.ndarray, g1: np.ndarray, g2: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # one angle for every row of the chunk, so a row's angle does not depend on the cuts
+        phi = np.random.default_rng([int(self.seed), int(ordinal)]).uniform(0, np.pi, len(chunk))
+        c, s = np.cos(2 * phi[rows]), np.sin(2 * phi[rows])
+        bins = np.asarray(chunk.bin)[rows].astype(np.int64)
+        t1, t2 = shear_at_positions(
+            np.asarray(chunk.ra)[rows],
+            np.asarray(chunk.dec)[rows],
+            bins,
+            self.gamma1,
+            self.gamma2,
+            self.kappa,
+        )
+        out1, out2 = np.zeros(len(chunk)), np.zeros(len(chunk))
+        out1[rows] = c * g1[rows] - s * g2[rows] + t1
+        out2[rows] = s * g1[rows] + c * g2[rows] + t2
+        return out1, out2
 
 
 def occupancy_mask(nside: int, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:

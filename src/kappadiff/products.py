@@ -13,7 +13,7 @@ import datetime as _dt
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,12 @@ from . import __version__
 from .config import config_hash
 
 __all__ = [
+    "CATALOGUE_CARDS",
     "ProductError",
     "atomic_output",
+    "catalogue_identity",
     "celestial_wcs",
+    "check_same_catalogue",
     "file_hash",
     "image_hdu",
     "provenance",
@@ -317,3 +320,53 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
         with open(tmp, "wb") as f:
             np.save(f, array)
     return Path(path)
+
+
+# --------------------------------------------------------------------------- catalogue identity
+
+#: Primary-header cards naming the catalogue a patch product descends from: the source
+#: (mock, desy3, fits), its file, and a hash of its columns (``CATHASH``).
+CATALOGUE_CARDS = ("SOURCE", "CATALOG", "CATHASH")
+
+
+def catalogue_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """The :data:`CATALOGUE_CARDS` of a product's primary header, to copy onto what it makes.
+
+    Raises
+    ------
+    ProductError
+        If the header lacks ``CATHASH`` (a product from before catalogue provenance, or not a
+        patch product): rebuild it.
+    """
+    header = fits.getheader(path, 0)
+    if "CATHASH" not in header:
+        raise ProductError(
+            f"{path}: no CATHASH card, so the catalogue it was made from is unknown; "
+            "rebuild it (e.g. snakemake --forcerun pixelise pixelise_mocks)"
+        )
+    return {key: header.get(key, "") for key in CATALOGUE_CARDS}
+
+
+def check_same_catalogue(paths: Iterable[str | os.PathLike]) -> dict[str, Any]:
+    """Check that products descend from one catalogue; return its identity.
+
+    Reads only the primary headers. The products of two catalogues (a change of
+    ``catalogue.source`` or of the catalogue's content) are never combined.
+
+    Raises
+    ------
+    ProductError
+        Naming the first file that differs from the first file, and both identities.
+    """
+    first = reference = None
+    for path in paths:
+        identity = catalogue_identity(path)
+        if reference is None:
+            first, reference = path, identity
+        elif identity != reference:
+            raise ProductError(
+                f"{path} was made from catalogue {identity} but {first} from {reference}: "
+                "products of two catalogues cannot be combined; rerun the workflow so that "
+                "every product descends from the configured catalogue"
+            )
+    return reference or {}

@@ -33,6 +33,7 @@ __all__ = [
     "mosaic_assignment",
     "patch_coverage",
     "pixel_table",
+    "separated_interior_patches",
     "sky_to_pixel",
     "tan_deproject",
     "tan_project",
@@ -399,6 +400,36 @@ def footprint_layout(
     cov = patch_coverage(mask, ra, dec, patch_size_deg)
     sel = cov >= min_coverage
     return ra[sel], dec[sel], cov[sel]
+
+
+def separated_interior_patches(
+    ra: np.ndarray,
+    dec: np.ndarray,
+    coverage: np.ndarray,
+    patch_size_deg: float,
+) -> list[int]:
+    """Ids of fully covered patches no two of which overlap, taken greedily in id order.
+
+    Two square patches of side ``s`` cannot overlap when their centres are more than the
+    diagonal ``sqrt(2) s`` apart, so each patch kept is that far from every patch kept
+    before it. These are the patches whose mocks give independent truths.
+
+    Parameters
+    ----------
+    ra, dec : ndarray, shape (n_patch,)
+        Patch centres in degrees (patch id = index).
+    coverage : ndarray, shape (n_patch,)
+        Fraction of each patch inside the footprint.
+    patch_size_deg
+        Patch side in degrees.
+    """
+    vec = hp.ang2vec(np.asarray(ra), np.asarray(dec), lonlat=True)
+    cos_min = np.cos(np.radians(np.sqrt(2.0) * patch_size_deg))
+    kept: list[int] = []
+    for i in np.flatnonzero(np.asarray(coverage) >= 1.0):
+        if not kept or np.all(vec[kept] @ vec[i] < cos_min):
+            kept.append(int(i))
+    return kept
 
 
 @dataclass(frozen=True)

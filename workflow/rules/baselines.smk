@@ -105,6 +105,40 @@ rule baseline_wiener_tomo:
         "../../scripts/baseline_wiener.py"
 
 
+# The same baselines of the validation mocks (results/mocks/data), for the statistics.
+use rule baseline_ks as baseline_ks_mock with:
+    input:
+        data=f"{RESULTS}/mocks/data/patch_{{patch}}.fits",
+    output:
+        f"{RESULTS}/mocks/baselines/ks/patch_{{patch}}.fits",
+    log:
+        f"{RESULTS}/logs/baseline_ks_mock/patch_{{patch}}.log",
+
+
+use rule baseline_wiener as baseline_wiener_mock with:
+    input:
+        data=f"{RESULTS}/mocks/data/patch_{{patch}}.fits",
+        power=signal_power_path(config),
+    output:
+        f"{RESULTS}/mocks/baselines/wiener/patch_{{patch}}.fits",
+    log:
+        f"{RESULTS}/logs/baseline_wiener_mock/patch_{{patch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baseline_wiener_mock/patch_{{patch}}.tsv"
+
+
+use rule baseline_wiener_tomo as baseline_wiener_tomo_mock with:
+    input:
+        data=f"{RESULTS}/mocks/data/patch_{{patch}}.fits",
+        power=signal_power_path(config),
+    output:
+        f"{RESULTS}/mocks/baselines/wiener_tomo/patch_{{patch}}.fits",
+    log:
+        f"{RESULTS}/logs/baseline_wiener_tomo_mock/patch_{{patch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baseline_wiener_tomo_mock/patch_{{patch}}.tsv"
+
+
 rule baseline_mosaic:
     """HEALPix mosaic of one baseline's KAPPA maps over all data patches."""
     input:

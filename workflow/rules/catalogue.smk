@@ -1,14 +1,19 @@
 # Rules of the 'catalogue' stage (see docs/architecture.md): the mock DES-Y3 catalogue,
-# pixelisation into the data patches, and an occupancy footprint made from a catalogue.
-# One `pixelise` job reads the catalogue once and writes every data patch, so
-# `snakemake results/data/patch_0123.fits` runs it for all configured patches.
+# pixelisation into the data patches and into the validation mocks, and an occupancy
+# footprint made from a catalogue. One `pixelise` job reads the catalogue once and writes
+# every data patch, so `snakemake results/data/patch_0123.fits` runs it for all configured
+# patches; `pixelise_mocks` likewise writes every validation mock.
 from kappadiff.stages import catalogue as catalogue_stage
 
-# Outputs of `pixelise` (data patches and the validation's mock patches, with their true
-# convergence on mocks) and the convergence map a mock is made from (none for real data).
-DATA_PATCH_FILES = catalogue_stage.data_patch_files(config, pixelised_patch_ids())
-TRUTH_PATCH_FILES = catalogue_stage.truth_patch_files(config, pixelised_patch_ids())
+# The data stream: the configured catalogue's patches (with their true convergence when the
+# catalogue is the mock) and the sky a mock catalogue is made from (none for real data).
+DATA_PATCH_FILES = catalogue_stage.data_patch_files(config, data_patch_ids())
+TRUTH_PATCH_FILES = catalogue_stage.truth_patch_files(config, data_patch_ids())
 MOCK_KAPPA_FILES = catalogue_stage.mock_kappa_files(config)
+# The validation stream: mocks with known truth on validation.patches, always from the
+# held-out sky; for a real catalogue made of its own galaxies (positions, weights, mask).
+MOCK_DATA_FILES = catalogue_stage.mock_data_files(config, validation_patch_ids())
+MOCK_TRUTH_FILES = catalogue_stage.mock_truth_files(config, validation_patch_ids())
 
 
 rule mock_catalogue:
@@ -29,14 +34,14 @@ rule mock_catalogue:
         runtime=60,
         mem_mb=catalogue_stage.mock_memory_mb(config),
     params:
-        patches=pixelised_patch_ids(),
+        patches=mock_catalogue_patch_ids(),
         catalogue=config["catalogue"],
     script:
         "../../scripts/mock_catalogue.py"
 
 
 rule pixelise:
-    """Per-pixel mean shear, noise, mask and counts of every data patch (and mock truth)."""
+    """Per-pixel mean shear, noise, mask and counts of every data patch (and a mock's truth)."""
     input:
         **catalogue_stage.catalogue_files(config),
         layout=f"{RESULTS}/layout/footprint.fits",
@@ -55,10 +60,37 @@ rule pixelise:
         runtime=120,
         mem_mb=catalogue_stage.pixelise_memory_mb(config),
     params:
-        patches=pixelised_patch_ids(),
+        patches=data_patch_ids(),
         catalogue=config["catalogue"],
     script:
         "../../scripts/pixelise.py"
+
+
+rule pixelise_mocks:
+    """Validation mocks with known truth, pixelised like the data, on validation.patches."""
+    input:
+        **catalogue_stage.catalogue_files(config),
+        layout=f"{RESULTS}/layout/footprint.fits",
+        kappa=catalogue_stage.held_out_kappa_file(config),
+    output:
+        data=MOCK_DATA_FILES,
+        truth=MOCK_TRUTH_FILES,
+    log:
+        f"{RESULTS}/logs/pixelise_mocks.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pixelise_mocks.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        runtime=120,
+        mem_mb=catalogue_stage.mock_pixelise_memory_mb(config),
+    params:
+        patches=validation_patch_ids(),
+        catalogue=config["catalogue"],
+        seed=config["seed"],
+    script:
+        "../../scripts/pixelise_mocks.py"
 
 
 rule catalogue_footprint:
@@ -81,4 +113,4 @@ rule catalogue_footprint:
         "../../scripts/catalogue_footprint.py"
 
 
-ALL_TARGETS.extend([*DATA_PATCH_FILES, *TRUTH_PATCH_FILES])
+ALL_TARGETS.extend([*DATA_PATCH_FILES, *TRUTH_PATCH_FILES, *MOCK_DATA_FILES])

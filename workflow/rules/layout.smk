@@ -7,9 +7,13 @@ from kappadiff.stages import layout as layout_stage
 
 # data_patch_ids(): footprint patch ids to reconstruct (config sampling.patches, or all).
 data_patch_ids = functools.cache(functools.partial(layout_stage.data_patch_ids, config))
-# pixelised_patch_ids(): the data patches and, on mocks, the validation's mock patches.
-pixelised_patch_ids = functools.cache(
-    functools.partial(layout_stage.pixelised_patch_ids, config)
+# validation_patch_ids(): footprint patch ids of the validation mocks (validation.patches).
+validation_patch_ids = functools.cache(
+    functools.partial(layout_stage.validation_patch_ids, config)
+)
+# mock_catalogue_patch_ids(): the patches a mock catalogue covers (data and validation).
+mock_catalogue_patch_ids = functools.cache(
+    functools.partial(layout_stage.mock_catalogue_patch_ids, config)
 )
 
 

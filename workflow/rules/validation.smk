@@ -14,7 +14,7 @@ rule validate_sample:
     """DPS samples of one mock patch for one validation run (grid candidate, unscaled, tuned)."""
     input:
         unpack(tuned_run_inputs),
-        data=f"{RESULTS}/data/patch_{{patch}}.fits",
+        data=f"{MOCKS}/data/patch_{{patch}}.fits",
         model=f"{RESULTS}/prior/model.pt",
     output:
         f"{VALIDATION}/runs/{{run}}/patch_{{patch}}.fits",
@@ -148,18 +148,12 @@ rule validate_calibration:
 rule validate_statistics:
     """Figure 2 and tables: C_ell, rho_c(ell), ell_0.5, PDF and peaks against the truth."""
     input:
-        tuned=run_files(TUNED, validation_patch_ids()),
-        truth=validation_truth_files(validation_patch_ids()),
-        data=validation_data_files(validation_patch_ids()),
-        ks=[f"{RESULTS}/baselines/ks/patch_{p}.fits" for p in validation_patch_ids()],
-        wiener=[
-            f"{RESULTS}/baselines/wiener/patch_{p}.fits"
-            for p in validation_patch_ids()
-        ],
-        wiener_tomo=[
-            f"{RESULTS}/baselines/wiener_tomo/patch_{p}.fits"
-            for p in validation_patch_ids()
-        ],
+        tuned=run_files(TUNED, mock_patch_ids()),
+        truth=validation_truth_files(mock_patch_ids()),
+        data=validation_data_files(mock_patch_ids()),
+        ks=validation_baseline_files("ks", mock_patch_ids()),
+        wiener=validation_baseline_files("wiener", mock_patch_ids()),
+        wiener_tomo=validation_baseline_files("wiener_tomo", mock_patch_ids()),
         cutouts=training_cutouts(),
     output:
         table=f"{VALIDATION}/statistics.fits",

@@ -1,6 +1,7 @@
 # Helpers of the 'validation' rules (workflow/rules/validation.smk): run names, the
 # candidate grid, input lists and the config subset the products depend on.
 VALIDATION = f"{RESULTS}/validation"
+MOCKS = f"{RESULTS}/mocks"
 UNSCALED = "unscaled"
 TUNED = "tuned"
 
@@ -9,9 +10,9 @@ wildcard_constraints:
     run=r"unscaled|tuned|t[-+.0-9e]+_s[-+.0-9e]+",
 
 
-def validation_patch_ids():
-    """Mock patch ids of the validation, zero-padded."""
-    return [f"{i:04d}" for i in config["validation"]["patches"]]
+def mock_patch_ids():
+    """Patch ids of the validation mocks (checked against the layout), zero-padded."""
+    return [f"{i:04d}" for i in validation_patch_ids()]
 
 
 def search_patch_ids():
@@ -92,7 +93,7 @@ def tuned_run_inputs(wildcards):
 def validation_truth_files(patches=None):
     """True κ of the mock patches (default: the search's)."""
     return [
-        f"{RESULTS}/truth/patch_{p}.fits"
+        f"{MOCKS}/truth/patch_{p}.fits"
         for p in (search_patch_ids() if patches is None else patches)
     ]
 
@@ -100,9 +101,14 @@ def validation_truth_files(patches=None):
 def validation_data_files(patches=None):
     """Pixelised mock data (with its MASK) of the mock patches (default: the search's)."""
     return [
-        f"{RESULTS}/data/patch_{p}.fits"
+        f"{MOCKS}/data/patch_{p}.fits"
         for p in (search_patch_ids() if patches is None else patches)
     ]
+
+
+def validation_baseline_files(method, patches):
+    """Baseline maps (ks, wiener, wiener_tomo) of the mock patches."""
+    return [f"{MOCKS}/baselines/{method}/patch_{p}.fits" for p in patches]
 
 
 def validation_params():
@@ -135,7 +141,10 @@ def figure_patch_id():
 
 
 def cluster_source():
-    """Cluster catalogue of the patch figure, or the truth of that patch on mocks."""
+    """Cluster catalogue of the patch figure, the truth of that patch on a mock catalogue,
+    or nothing (real data without a cluster catalogue)."""
     if config["validation"]["clusters"]:
-        return config["validation"]["clusters"]
-    return f"{RESULTS}/truth/patch_{figure_patch_id()}.fits"
+        return [config["validation"]["clusters"]]
+    if config["catalogue"]["source"] == "mock":
+        return [f"{RESULTS}/truth/patch_{figure_patch_id()}.fits"]
+    return []

@@ -27,6 +27,7 @@ from .. import lensing, stats
 from ..catalogue_io import read_data_patch
 from ..products import (
     ProductError,
+    catalogue_identity,
     image_hdu,
     provenance,
     read_table,
@@ -303,7 +304,11 @@ def kaiser_squires_patch_file(
         smoothing_arcmin=lcfg["ks_smoothing_arcmin"],
     )
     cards = provenance(
-        config, METHOD="KS", PAD=int(lcfg["pad"]), SMOOTH=float(lcfg["ks_smoothing_arcmin"])
+        config,
+        METHOD="KS",
+        PAD=int(lcfg["pad"]),
+        SMOOTH=float(lcfg["ks_smoothing_arcmin"]),
+        **catalogue_identity(data_path),
     )
     write_fits(
         out_path,
@@ -369,6 +374,7 @@ def wiener_patch_file(
         METHOD="WIENER_TOMO" if tomographic else "WIENER",
         PAD=int(lcfg["pad"]),
         WFTOL=float(lcfg["wiener_tol"]),
+        **catalogue_identity(data_path),
     )
     for name, it, rr in zip(names, iterations, residual, strict=True):
         cards[f"WFITER{name}"] = int(it)

@@ -1,15 +1,27 @@
 """Catalogue stage: the mock DES-Y3 catalogue, pixelisation into patches, occupancy footprint.
 
-``mock_catalogue`` draws a DES-Y3-like catalogue from the held-out simulated sky;
-``pixelise`` reads a catalogue (mock, DES-Y3 HDF5 or FITS with a column map) once per patch
-group and writes ``results/data/patch_{id:04d}.fits`` (and, for mocks, the true
-convergence on the same grids, ``results/truth/patch_{id:04d}.fits``);
-``catalogue_footprint`` makes a HEALPix occupancy mask from a catalogue for the layout.
+Two streams leave this stage and are never mixed:
+
+- the *data*: ``pixelise`` reads the configured catalogue (mock, DES-Y3 HDF5 or FITS with a
+  column map) once per patch group and writes ``results/data/patch_{id:04d}.fits`` (and,
+  for a mock catalogue, its true convergence ``results/truth/patch_{id:04d}.fits``);
+- the *validation mocks*: ``pixelise_mocks`` writes ``results/mocks/data/`` and
+  ``results/mocks/truth/`` on the validation patches, always from the held-out simulated
+  sky. For a real catalogue each mock keeps the real galaxies (positions, weights, bins,
+  responses, cuts: the survey's own mask and noise), rotates their shapes and adds the
+  sky's shear (:class:`kappadiff.catalogue.ShapeNoiseMock`); for the mock catalogue the
+  mocks are its own patches.
+
+Both carry the catalogue's identity (``SOURCE``, ``CATALOG`` and ``CATHASH``, a hash of its
+columns), which the rules that combine products check (:func:`kappadiff.products.
+check_same_catalogue`). ``mock_catalogue`` draws the DES-Y3-like mock catalogue from the
+held-out sky; ``catalogue_footprint`` makes a HEALPix occupancy mask from a catalogue.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -23,6 +35,8 @@ from ..catalogue import (
     Calibration,
     GalaxyChunk,
     PatchGrid,
+    ShapeModel,
+    ShapeNoiseMock,
     calibration_from_sums,
     mock_positions,
     mock_shapes,
@@ -58,13 +72,18 @@ __all__ = [
     "catalogue_files",
     "catalogue_footprint",
     "data_patch_files",
+    "held_out_kappa_file",
+    "mock_data_files",
     "mock_kappa_files",
+    "mock_truth_files",
     "truth_patch_files",
     "make_mock_catalogue",
     "mock_catalogue_files",
     "mock_memory_mb",
+    "mock_pixelise_memory_mb",
     "pixelise",
     "pixelise_memory_mb",
+    "pixelise_mocks",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,24 +100,43 @@ def mock_catalogue_files(config: Mapping[str, Any]) -> dict[str, str]:
     return files
 
 
+def _patch_files(config: Mapping[str, Any], folder: str, patch_ids: Sequence[int]) -> list[str]:
+    return [os.path.join(config["results"], folder, f"patch_{i:04d}.fits") for i in patch_ids]
+
+
 def data_patch_files(config: Mapping[str, Any], patch_ids: Sequence[int]) -> list[str]:
     """Pixelised shear maps of the data patches, ``results/data/patch_{id:04d}.fits``."""
-    return [os.path.join(config["results"], "data", f"patch_{i:04d}.fits") for i in patch_ids]
+    return _patch_files(config, "data", patch_ids)
 
 
 def truth_patch_files(config: Mapping[str, Any], patch_ids: Sequence[int]) -> list[str]:
-    """True convergence cut-outs of the data patches (mocks only; empty for real data)."""
+    """True convergence of the data patches (a mock catalogue only; empty for real data)."""
     if config["catalogue"]["source"] != "mock":
         return []
-    return [os.path.join(config["results"], "truth", f"patch_{i:04d}.fits") for i in patch_ids]
+    return _patch_files(config, "truth", patch_ids)
+
+
+def mock_data_files(config: Mapping[str, Any], patch_ids: Sequence[int]) -> list[str]:
+    """Pixelised validation mocks, ``results/mocks/data/patch_{id:04d}.fits``."""
+    return _patch_files(config, os.path.join("mocks", "data"), patch_ids)
+
+
+def mock_truth_files(config: Mapping[str, Any], patch_ids: Sequence[int]) -> list[str]:
+    """True convergence of the validation mocks, ``results/mocks/truth/patch_{id:04d}.fits``."""
+    return _patch_files(config, os.path.join("mocks", "truth"), patch_ids)
+
+
+def held_out_kappa_file(config: Mapping[str, Any]) -> str:
+    """The held-out sky's convergence (``sims.mock_sim``), the truth of every mock."""
+    sim = f"sim{config['sims']['mock_sim']:03d}"
+    return os.path.join(config["results"], "sims", sim, "kappa.fits")
 
 
 def mock_kappa_files(config: Mapping[str, Any]) -> list[str]:
-    """The held-out sky's convergence a mock is made from (empty for real data)."""
+    """The sky the data catalogue was made from: the held-out sky on mocks, none for real data."""
     if config["catalogue"]["source"] != "mock":
         return []
-    sim = f"sim{config['sims']['mock_sim']:03d}"
-    return [os.path.join(config["results"], "sims", sim, "kappa.fits")]
+    return [held_out_kappa_file(config)]
 
 
 def catalogue_files(config: Mapping[str, Any]) -> dict[str, str]:
@@ -146,6 +184,21 @@ def pixelise_memory_mb(config: Mapping[str, Any]) -> int:
     chunk = 30 * 8 * 3 * cat["chunk_size"]
     maps = 4 * 4 * 12 * config["sims"]["nside"] ** 2 if cat["source"] == "mock" else 0
     return int(2 * cat["memory_mb"] + (chunk + maps) / 2**20) + 500
+
+
+def mock_pixelise_memory_mb(config: Mapping[str, Any]) -> int:
+    """Memory (MB) of the ``pixelise_mocks`` job, for the rule's ``mem_mb``.
+
+    :func:`pixelise_memory_mb` plus, for a real catalogue, the simulated sky's shear and
+    convergence (3 float32 maps a bin) and one bin's float64 transforms (as
+    :func:`mock_memory_mb`).
+    """
+    base = pixelise_memory_mb(config)
+    if config["catalogue"]["source"] == "mock":
+        return base
+    npix = 12 * config["sims"]["nside"] ** 2
+    maps = 3 * 4 * DESY3_N_BINS * npix + 620 * config["sims"]["nside"] ** 2
+    return base + int(1.3 * maps / 2**20)
 
 
 def _grid(config: Mapping[str, Any], layout_path: str | os.PathLike) -> tuple[PatchGrid, Any]:
@@ -311,30 +364,55 @@ def _calibration(
     return Calibration.identity(n_bins, m)
 
 
-def pixelise(
+class _HashedChunks:
+    """The catalogue's chunks, hashing their columns on the first pass (``digest``).
+
+    The hash (BLAKE2b of ra, dec, e1, e2, weight and bin in file order) identifies the
+    catalogue's content at no extra read: the pixelisation reads every chunk anyway.
+    """
+
+    def __init__(self, chunks: Callable[[], Iterable[GalaxyChunk]]) -> None:
+        self.chunks = chunks
+        self.digest: str | None = None
+
+    def __call__(self) -> Iterator[GalaxyChunk]:
+        h = hashlib.blake2b(digest_size=8) if self.digest is None else None
+        for chunk in self.chunks():
+            if h is not None:
+                for column in (chunk.ra, chunk.dec, chunk.e1, chunk.e2, chunk.weight, chunk.bin):
+                    h.update(np.ascontiguousarray(column))
+            yield chunk
+        if h is not None:
+            self.digest = h.hexdigest()
+
+
+def _truth_maps(
+    config: Mapping[str, Any], kappa: np.ndarray, grid: PatchGrid
+) -> np.ndarray:
+    """The convergence maps cut out on the patch grids, [patch, bin, row, col]."""
+    nside = hp.npix2nside(kappa.shape[-1])
+    args = (nside, grid.ra0, grid.dec0, grid.npix, grid.pixel_scale_arcmin)
+    if config["layout"]["interpolation"] == "bilinear":
+        table, weights = sphere.bilinear_table(*args)
+        return sphere.extract(kappa, table, weights)
+    return sphere.extract(kappa, sphere.pixel_table(*args))
+
+
+def _pixelise_patches(
     config: Mapping[str, Any],
     inputs: Mapping[str, Any],
     patch_ids: Sequence[int],
     data_paths: Sequence[str],
-    truth_paths: Sequence[str] = (),
+    truth_paths: Sequence[str],
+    stream: str,
+    shapes: Callable[[np.ndarray], ShapeModel] | None = None,
 ) -> None:
-    """Pixelise the configured catalogue into per-patch shear maps (and mock truth maps).
+    """Pixelise the configured catalogue onto ``patch_ids``; the shared body of both streams.
 
-    Parameters
-    ----------
-    config
-        Validated configuration (``catalogue``, ``layout``, ``seed``).
-    inputs
-        Input files by name: the catalogue's (:func:`catalogue_files`), ``layout`` (the
-        footprint layout table) and, for mocks, ``kappa`` (the sky the mock was made from;
-        a path or a one-element list).
-    patch_ids, data_paths
-        Patches to make and their output files (same order).
-    truth_paths
-        For mocks: output files of the true convergence cut-outs, one a patch.
+    ``shapes``, given the convergence maps of ``inputs['kappa']``, makes the shape model
+    that replaces the galaxies' shears (validation mocks of a real catalogue).
     """
     cat = config["catalogue"]
-    lay = config["layout"]
     if len(patch_ids) != len(data_paths):
         raise ValueError(f"pixelise: {len(patch_ids)} patch ids for {len(data_paths)} outputs")
     layout_path = _single(inputs["layout"])
@@ -345,7 +423,8 @@ def pixelise(
     if ids.size and ids.max() >= len(grid_all):
         raise ValueError(f"pixelise: patch ids beyond the {len(grid_all)}-patch {layout_path}")
     grid = grid_all.subset(ids)
-    chunks, where = _chunk_source(config, inputs)
+    raw, where = _chunk_source(config, inputs)
+    chunks = _HashedChunks(raw)
     cal = _calibration(config, inputs, chunks, where)
     log.info("calibration: %s", cal.header())
 
@@ -354,31 +433,33 @@ def pixelise(
     observed = mask[
         sphere.pixel_table(nside_fp, grid.ra0, grid.dec0, grid.npix, grid.pixel_scale_arcmin)
     ]
-    truth = None
-    if truth_paths:
-        if kappa_path is None or len(truth_paths) != len(ids):
+    truth = model = None
+    if truth_paths or shapes is not None:
+        if kappa_path is None or (truth_paths and len(truth_paths) != len(ids)):
             raise ValueError(
                 "pixelise: truth outputs need the convergence map and one path a patch"
             )
-        kappa, _ = read_healpix(kappa_path)
-        nside = hp.npix2nside(kappa.shape[-1])
-        args = (nside, grid.ra0, grid.dec0, grid.npix, grid.pixel_scale_arcmin)
-        if lay["interpolation"] == "bilinear":
-            table, weights = sphere.bilinear_table(*args)
-            truth = sphere.extract(kappa, table, weights)
-        else:
-            truth = sphere.extract(kappa, sphere.pixel_table(*args))
+        kappa, kheader = read_healpix(kappa_path)
+        if len(kappa) != DESY3_N_BINS:
+            raise ProductError(
+                f"{kappa_path}: {len(kappa)} convergence maps, expected {DESY3_N_BINS}"
+            )
+        truth = _truth_maps(config, kappa, grid) if truth_paths else None
+        model = shapes(kappa) if shapes is not None else None
         del kappa
 
     common = dict(
+        STREAM=stream,
         SOURCE=cat["source"],
         CATALOG=os.fspath(where),
         NOISE=cat["noise"],
         EMAX=float(cat["e_max"]),
         **cal.header(),
     )
-    if truth_paths:
+    if kappa_path is not None:
         common["TRUTH"] = os.fspath(kappa_path)
+    if stream == "mock":
+        common["MOCKSHAP"] = "rotated" if model is not None else "catalogue"
     masked_fp = 0
     for k, maps, acct in pixelise_catalogue(
         chunks,
@@ -391,9 +472,11 @@ def pixelise(
         observed=observed,
         memory_mb=cat["memory_mb"],
         where=os.fspath(where),
+        shapes=model,
     ):
         if k == 0:
             log.info("accounting: %s", acct.summary())
+            common["CATHASH"] = chunks.digest
         pid = int(ids[k])
         n_out = int(((maps["NGAL"] > 0) & (maps["MASK"] == 0)).sum())
         masked_fp += n_out
@@ -417,12 +500,81 @@ def pixelise(
         if maps["MASK"].sum() == 0:
             log.warning("patch %d holds no usable pixel: fully masked", pid)
         if truth is not None:
+            identity = {key: common[key] for key in ("STREAM", "SOURCE", "CATALOG", "CATHASH")}
             write_fits(
                 truth_paths[k],
                 [image_hdu("KAPPA", truth[k], wcs)],
-                primary_header=provenance(config, PATCHID=pid, TRUTH=os.fspath(kappa_path)),
+                primary_header=provenance(
+                    config, PATCHID=pid, TRUTH=os.fspath(kappa_path), **identity
+                ),
             )
     log.info("pixels with galaxies masked as outside the footprint: %d", masked_fp)
+
+
+def pixelise(
+    config: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    patch_ids: Sequence[int],
+    data_paths: Sequence[str],
+    truth_paths: Sequence[str] = (),
+) -> None:
+    """Pixelise the configured catalogue into the data patches (and a mock's truth maps).
+
+    Parameters
+    ----------
+    config
+        Validated configuration (``catalogue``, ``layout``, ``seed``).
+    inputs
+        Input files by name: the catalogue's (:func:`catalogue_files`), ``layout`` (the
+        footprint layout table) and, for the mock catalogue, ``kappa`` (the sky the mock was
+        made from; a path or a one-element list).
+    patch_ids, data_paths
+        Patches to make and their output files (same order).
+    truth_paths
+        For the mock catalogue: output files of the true convergence cut-outs, one a patch.
+    """
+    _pixelise_patches(config, inputs, patch_ids, data_paths, truth_paths, "data")
+
+
+def pixelise_mocks(
+    config: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    patch_ids: Sequence[int],
+    data_paths: Sequence[str],
+    truth_paths: Sequence[str],
+) -> None:
+    """The validation mocks: shear maps with known truth, made like the data.
+
+    For the mock catalogue, its own patches (noise and shear of the held-out sky, as the
+    data). For a real catalogue (``desy3``, ``fits``), the real galaxies with their shapes
+    rotated by random angles and the held-out sky's shear added
+    (:class:`~kappadiff.catalogue.ShapeNoiseMock`), pixelised with the data's code, cuts
+    and calibration: the mock's mask, counts and per-pixel noise are the survey's own.
+
+    Parameters
+    ----------
+    config
+        Validated configuration.
+    inputs
+        As :func:`pixelise`, with ``kappa`` the held-out sky (:func:`held_out_kappa_file`)
+        for every source.
+    patch_ids, data_paths, truth_paths
+        Mock patches and their ``results/mocks/data`` and ``results/mocks/truth`` files.
+    """
+    shapes = None
+    if config["catalogue"]["source"] != "mock":
+        cat = config["catalogue"]
+        seed = derive_seed(config["seed"], "validation_mock_shapes")
+
+        def shapes(kappa: np.ndarray) -> ShapeNoiseMock:
+            log.info("validation mocks: the catalogue's shapes rotated plus the sky's shear")
+            g1, g2 = (np.empty(kappa.shape, np.float32) for _ in range(2))
+            for b in range(len(kappa)):
+                g1[b], g2[b] = sims.shear_from_kappa(kappa[b])
+            reduced = kappa.astype(np.float32) if cat["reduced_shear"] else None
+            return ShapeNoiseMock(g1, g2, reduced, seed)
+
+    _pixelise_patches(config, inputs, patch_ids, data_paths, truth_paths, "mock", shapes)
 
 
 # --------------------------------------------------------------------------- footprint

@@ -30,7 +30,8 @@ from ..products import (
 
 __all__ = [
     "data_patch_ids",
-    "pixelised_patch_ids",
+    "mock_catalogue_patch_ids",
+    "validation_patch_ids",
     "extract_memory_mb",
     "extract_patches",
     "footprint_input_files",
@@ -73,11 +74,17 @@ def footprint_patch_ids(config: Mapping[str, Any]) -> list[int]:
 
 
 def _checked_ids(config: Mapping[str, Any], key: str, ids: list[int], n_patch: int) -> list[int]:
-    beyond = [i for i in ids if i >= n_patch]
+    beyond = [i for i in ids if not 0 <= i < n_patch]
     if beyond:
+        ra, dec, coverage = footprint_layout_from_config(config)
+        interior = sphere.separated_interior_patches(
+            ra, dec, coverage, config["layout"]["patch_size_deg"]
+        )
         raise ValueError(
-            f"{key}: ids {beyond} beyond the {n_patch} patches of "
-            f"layout.footprint = {config['layout']['footprint']!r}"
+            f"{key}: ids {beyond} are not in the {n_patch}-patch layout of "
+            f"layout.footprint = {config['layout']['footprint']!r}: valid ids are "
+            f"0..{n_patch - 1}; interior patches that do not overlap (for "
+            f"validation.patches): {interior[:40]}"
         )
     return ids
 
@@ -88,7 +95,8 @@ def data_patch_ids(config: Mapping[str, Any]) -> list[int]:
     Raises
     ------
     ValueError
-        If ``sampling.patches`` names ids beyond the footprint layout.
+        If ``sampling.patches`` names ids beyond the footprint layout (the message lists the
+        valid ids).
     """
     return _data_patch_ids(config, len(footprint_patch_ids(config)))
 
@@ -99,20 +107,31 @@ def _data_patch_ids(config: Mapping[str, Any], n_patch: int) -> list[int]:
     return _checked_ids(config, "sampling.patches", ids, n_patch)
 
 
-def pixelised_patch_ids(config: Mapping[str, Any]) -> list[int]:
-    """Footprint patch ids the catalogue is pixelised into, in increasing order.
+def validation_patch_ids(config: Mapping[str, Any]) -> list[int]:
+    """Footprint patch ids of the validation mocks (``validation.patches``), in config order.
 
-    The data patches and, on a mock catalogue, the validation's mock patches
-    (``validation.patches``), which need data and truth but are not reconstructed as data.
+    The mocks are made on these patches of the data layout, whatever the catalogue; they
+    need not be data patches.
 
     Raises
     ------
     ValueError
-        If ``sampling.patches`` or ``validation.patches`` names ids beyond the layout.
+        If ``validation.patches`` names ids beyond the layout (the message lists the valid
+        ids and the interior, non-overlapping ones).
+    """
+    ids = [int(i) for i in config["validation"]["patches"]]
+    return _checked_ids(config, "validation.patches", ids, len(footprint_patch_ids(config)))
+
+
+def mock_catalogue_patch_ids(config: Mapping[str, Any]) -> list[int]:
+    """Patches the mock catalogue covers (mock source): data and validation patches, sorted.
+
+    One catalogue serves both streams on mocks, so the validation mocks see the same
+    galaxies as the data where the patches coincide.
     """
     n_patch = len(footprint_patch_ids(config))  # the layout is computed once
     ids = set(_data_patch_ids(config, n_patch))
-    if config["catalogue"]["source"] == "mock" and "validation" in config:
+    if "validation" in config:
         wanted = [int(i) for i in config["validation"]["patches"]]
         ids |= set(_checked_ids(config, "validation.patches", wanted, n_patch))
     return sorted(ids)

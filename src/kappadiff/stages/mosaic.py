@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from .. import sphere
-from ..products import ProductError, provenance, read_images, write_healpix
+from ..products import (
+    ProductError,
+    check_same_catalogue,
+    provenance,
+    read_images,
+    write_healpix,
+)
 
 __all__ = ["mosaic_memory_mb", "write_mosaic"]
 
@@ -85,6 +91,7 @@ def write_mosaic(
         raise ValueError(f"write_mosaic: {len(hdus)} HDU names but {len(map_paths)} outputs")
     if not patch_files:
         raise ValueError("write_mosaic: no patch files")
+    identity = check_same_catalogue(patch_files)
     values = {name: [] for name in hdus}
     ra0s, dec0s, geometry = [], [], None
     for path in patch_files:
@@ -115,7 +122,7 @@ def write_mosaic(
         assignment.pixels.size,
         assignment.pixels.size * 41252.96 / (12 * nside**2),
     )
-    cards = provenance(config, NPATCH=len(patch_files), NPIX=npix, PIXSCALE=scale)
+    cards = provenance(config, NPATCH=len(patch_files), NPIX=npix, PIXSCALE=scale, **identity)
     for name, out in zip(hdus, map_paths, strict=True):
         stack = np.stack(values.pop(name))
         maps, _ = sphere.mosaic(stack, ra0s, dec0s, npix, scale, nside, assignment=assignment)

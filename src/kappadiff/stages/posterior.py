@@ -33,6 +33,7 @@ from ..diffusion.sampler import ddim_sample, timestep_sequence
 from ..products import (
     ProductError,
     atomic_output,
+    check_same_catalogue,
     file_hash,
     image_hdu,
     provenance,
@@ -183,6 +184,11 @@ def sample_patch(
     t_start = time.perf_counter()
     torch.set_num_threads(max(1, int(threads)))
     s = dict(config["sampling"])
+    # the catalogue the data descend from; a scaling tuned on another catalogue's mocks
+    # is refused
+    identity = check_same_catalogue(
+        [data_path] if scaling_path is None else [data_path, scaling_path]
+    )
     if scaling_path is not None:
         from .validation import read_scaling  # the validation stage owns the scaling file
 
@@ -311,7 +317,7 @@ def sample_patch(
             cards[f"TBAR{b + 1}"] = float(t_bar[b])
             cards[f"SIGT{b + 1}"] = float(sigma_t[b])
         cards[f"CHI2DOF{b + 1}"] = float(chi2_dof[:, b].mean())
-    header = provenance(config, seed=seed, model_hash=model_hash, **cards)
+    header = provenance(config, seed=seed, model_hash=model_hash, **cards, **identity)
 
     hdus = [image_hdu("MEAN", mean, wcs), image_hdu("STD", std, wcs)]
     if s["save_samples"] != "none":

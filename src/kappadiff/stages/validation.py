@@ -34,6 +34,8 @@ from ..lensing import fourier_ell
 from ..products import (
     ProductError,
     atomic_output,
+    catalogue_identity,
+    check_same_catalogue,
     image_hdu,
     provenance,
     read_healpix,
@@ -699,6 +701,9 @@ def _load_runs(
     power_error(...)}`` per run (joint first), with ``"ell"`` and ``"power_ratio"``
     (:func:`power_ratio`) for figure 1.
     """
+    check_same_catalogue(
+        [*truth_paths, *data_paths, *(p for paths in run_paths.values() for p in paths)]
+    )
     v = config["validation"]
     truth = _read_stack(truth_paths, "KAPPA")
     if len(data_paths) != len(truth_paths):
@@ -848,6 +853,8 @@ def search_scaling(
         scaled=True,
         perbin=bool(v["per_bin"]),
         tarprefs="prior",
+        # the catalogue whose mocks tuned the scaling: the data sampler checks its own
+        **catalogue_identity(data_paths[0]),
     )
     write_table(
         scaling_output,
@@ -1156,7 +1163,9 @@ def validate_statistics(
     dict
         The output of :func:`compare_statistics`.
     """
-
+    check_same_catalogue(
+        [*tuned_paths, *truth_paths, *data_paths, *ks_paths, *wiener_paths, *wiener_tomo_paths]
+    )
     v = config["validation"]
     pixel_scale = float(config["layout"]["pixel_scale_arcmin"])
     samples = _read_samples(tuned_paths)
@@ -1381,7 +1390,7 @@ def patch_figure(
     posterior_path: str | os.PathLike,
     ks_path: str | os.PathLike,
     wiener_path: str | os.PathLike,
-    clusters_path: str | os.PathLike,
+    clusters_path: str | os.PathLike | None,
     figure_output: str | os.PathLike,
     config: Mapping[str, Any],
 ) -> Path:
@@ -1389,8 +1398,9 @@ def patch_figure(
 
     ``clusters_path`` is either a cluster catalogue (``validation.clusters``: FITS with RA,
     DEC, LAMBDA; the ``validation.n_clusters`` richest in the patch are drawn, the same in
-    every bin) or, on mocks, the patch's truth (HDU KAPPA; its ``n_clusters`` highest peaks
-    per bin are drawn).
+    every bin), or, on a mock catalogue, the patch's truth (HDU KAPPA; its ``n_clusters``
+    highest peaks per bin are drawn), or None (real data without a cluster catalogue: no
+    markers).
     """
     from ..sphere import sky_to_pixel
 
@@ -1404,7 +1414,11 @@ def patch_figure(
         "DPS std": std,
     }
     n_bins, npix = mean.shape[0], mean.shape[-1]
-    if config["validation"]["clusters"]:
+    if clusters_path is None:
+        none = np.empty(0)
+        clusters = [(none, none, none)] * n_bins
+        label = "no cluster catalogue (validation.clusters)"
+    elif config["validation"]["clusters"]:
         cat = read_cluster_catalogue(clusters_path)
         row, col = sky_to_pixel(
             cat["RA"], cat["DEC"], header["CRVAL1"], header["CRVAL2"], npix,
