@@ -5,7 +5,9 @@ local single-node one with ci/slurm/up.sh (`make slurm-up`). Without one the tes
 unless KAPPADIFF_REQUIRE_SLURM=1 (set by .ci/run), when they fail instead. Only
 `test_profile_settings` runs without a cluster.
 
-The module runs the workflow twice in one results folder: the whole default target; then,
+The module runs the workflow twice in one results folder, on a FITS shear catalogue made
+from a simulated sky (`catalogue.source: fits`, as a survey team would run it; the mock
+and DES-Y3 sources run locally in test_real_catalogues.py): the whole default target; then,
 after deleting one product (the posterior of one patch once `sample_patch` exists), only
 that file by naming it, while its first Slurm job is cancelled as an admin or a pre-emption
 would, to show that the profile's retries resubmit it and the run completes.
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import simulated_catalogue
 import yaml
 from astropy.io import fits
 
@@ -90,6 +93,11 @@ class Run:
         return "\n".join(self.output.splitlines()[-n:])
 
 
+def configfiles(results: Path) -> list[str]:
+    """The test config and the catalogue overlay written beside the results folder."""
+    return [TEST_CONFIG, str(results.parent / "catalogue.yaml")]
+
+
 def snakemake(results: Path, *args: str, timeout_s: int = REBUILD_TIMEOUT_S) -> Run:
     """Run Snakemake from the repository root with `--profile slurm` and the test config.
 
@@ -101,7 +109,7 @@ def snakemake(results: Path, *args: str, timeout_s: int = REBUILD_TIMEOUT_S) -> 
         sys.executable, "-m", "snakemake", *args,
         "--profile", "slurm",
         "--slurm-init-seconds-before-status-checks", str(FIRST_STATUS_CHECK_S),
-        "--configfile", TEST_CONFIG,
+        "--configfile", *configfiles(results),
         "--config", f"results={results}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -114,7 +122,7 @@ def planned_outputs(results: Path, *targets: str) -> dict[Path, str]:
     """Every output file of the DAG of `targets` (default: rule all) -> the rule making it."""
     cmd = [
         sys.executable, "-m", "snakemake", *targets, "--summary", "--cores", "1",
-        "--configfile", TEST_CONFIG, "--config", f"results={results}",
+        "--configfile", *configfiles(results), "--config", f"results={results}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, f"snakemake --summary failed:\n{proc.stdout}{proc.stderr}"
@@ -132,7 +140,7 @@ def planned_jobs(results: Path) -> Counter[str]:
     """Rule -> number of jobs that the default target plans (Snakemake's dry-run job stats)."""
     cmd = [
         sys.executable, "-m", "snakemake", "-n", "--cores", "1",
-        "--configfile", TEST_CONFIG, "--config", f"results={results}",
+        "--configfile", *configfiles(results), "--config", f"results={results}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, f"snakemake -n failed:\n{proc.stdout}{proc.stderr}"
@@ -228,7 +236,12 @@ class Workflow:
 
 @pytest.fixture(scope="module")
 def workflow(cluster, tmp_path_factory) -> Workflow:
-    results = tmp_path_factory.mktemp("slurm") / "results"
+    folder = tmp_path_factory.mktemp("slurm")
+    results = folder / "results"
+    config = yaml.safe_load((ROOT / TEST_CONFIG).read_text())
+    catalogue = simulated_catalogue.write_fits(folder / "shear.fits", config)
+    overlay = {"catalogue": {"source": "fits", "fits": catalogue}}
+    (folder / "catalogue.yaml").write_text(yaml.safe_dump(overlay))
     files = planned_outputs(results)
     jobs = planned_jobs(results)
     return Workflow(results, files, jobs, snakemake(results, timeout_s=FULL_RUN_TIMEOUT_S))
