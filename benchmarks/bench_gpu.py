@@ -275,7 +275,7 @@ def dps_rate(spec: dict, ctx: Context, on_ready=None) -> dict:
 
 
 def synthetic_cutouts(ctx: Context, n: int) -> np.ndarray:
-    """``n`` smooth random 4-bin κ cut-outs at paper size (data loading, not learning)."""
+    """``n`` random 4-bin κ cut-outs at paper size: the data path's cost, nothing to learn."""
     rng = np.random.default_rng(3)
     return (0.02 * rng.standard_normal((n, 4, ctx.paper_npix, ctx.paper_npix))).astype(np.float32)
 
@@ -320,6 +320,9 @@ def compile_on_cpu(ctx: Context):
 def train_rate(spec: dict, ctx: Context, on_ready=None) -> dict:
     """Median training step of a variant at paper size (the library's ``train``)."""
     reset_memory(ctx)
+    # torch's defaults, as in a training job (the sampling variants switch TF32 off); bf16
+    # autocast runs the convolutions anyway
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
     batch, n_steps = spec["batch"], 1 + ctx.warmup + ctx.timed
     settings = train_settings(batch, n_steps, spec["precision"] == "bf16")
     state = new_state(ctx.paper, settings, ctx.device)
@@ -704,14 +707,22 @@ class Child:
             time.sleep(0.2)
         return True
 
-    def go(self, argument: str = "") -> None:
-        self.proc.stdin.write(f"go {argument}\n")
-        self.proc.stdin.flush()
+    def go(self, argument: str = "") -> bool:
+        """Let it measure; False if it has gone meanwhile."""
+        try:
+            self.proc.stdin.write(f"go {argument}\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            return False
+        return True
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
+        """Kill its process group, compile workers included, even after it has exited."""
+        try:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def failure(self) -> str:
         if self.proc.poll() is not None:
@@ -1315,8 +1326,8 @@ class Run:
             child.kill()
             self.record(spec, {"error": "no fp32 posterior to compare with"})
             return
-        child.go(str(self.weights or ""))
-        if not child.wait(lambda: child.result is not None, self.left() - 2):
+        started = child.go(str(self.weights or ""))
+        if not started or not child.wait(lambda: child.result is not None, self.left() - 2):
             child.kill()
             self.record(spec, {"error": f"measurement not finished ({child.failure()})"})
             return
