@@ -28,9 +28,9 @@ from kappadiff.diffusion.data import Normalisation
 from kappadiff.diffusion.dps import dps_guidance, shear_data
 from kappadiff.diffusion.process import make_schedule
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
+from kappadiff.diffusion.speed import prepare_network
 from kappadiff.diffusion.unet import UNet, UNetConfig
 from kappadiff.lensing import kappa_to_shear
-from kappadiff.stages.posterior import prepare_network
 
 
 def setup(args):

@@ -37,8 +37,8 @@ from kappadiff import lensing, stats
 from kappadiff.diffusion.checkpoint import load_checkpoint, prior_from_state
 from kappadiff.diffusion.dps import TrajectoryDiagnostic, chi2, dps_guidance, shear_data
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
+from kappadiff.diffusion.speed import prepare_network
 from kappadiff.stages.baselines import read_signal_power
-from kappadiff.stages.posterior import prepare_network
 from kappadiff.stages.validation import log_ell_bins, run_coverage, tarp_inputs
 
 DEFAULTS = {"scaled": 1.0, "t_bar": 500.0, "sigma_t": 20.0, "zeta": 1.0, "step": "beta"}

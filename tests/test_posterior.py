@@ -127,6 +127,20 @@ def test_rerun_is_bit_identical_and_seeds_differ_by_patch(tmp_path, data_path, m
         assert not np.array_equal(s[0], s[1]) and not np.array_equal(s[1], s[2])
 
 
+def test_speed_switches_change_nothing_on_cpu_and_rerun_nothing(tmp_path, data_path, model_path):
+    # GPU-only switches: on CPU the product is the plain run's bit for bit, and they are not
+    # among the rule's params (rerun trigger) nor in the resume key of a partial run
+    on = {"channels_last": True, "compile": "max-autotune", "cudnn_benchmark": True}
+    a = sample_patch(data_path, model_path, tmp_path / "a.fits", config(), 3)
+    b = sample_patch(data_path, model_path, tmp_path / "b.fits", config(**on), 3)
+    with fits.open(a) as ha, fits.open(b) as hb:
+        for name in ("MEAN", "STD", "SAMPLES", "CHI2", "DRIFT"):
+            assert ha[name].data.tobytes() == hb[name].data.tobytes(), name
+    assert posterior.sampling_params(config(**on)) == posterior.sampling_params(config())
+    key = posterior._resume_key("d", "m", 1, config(**on)["sampling"])
+    assert key == posterior._resume_key("d", "m", 1, config()["sampling"])
+
+
 def test_preempted_job_resumes_from_finished_batches(tmp_path, data_path, model_path, monkeypatch):
     ref = sample_patch(data_path, model_path, tmp_path / "ref.fits", config(), 3)
     out = tmp_path / "run.fits"

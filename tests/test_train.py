@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
+import kappadiff.diffusion.train as train_module
 import kappadiff.stages.prior as stage
 from kappadiff.diffusion.checkpoint import load_checkpoint, load_prior, save_checkpoint
 from kappadiff.diffusion.data import (
@@ -22,6 +23,7 @@ from kappadiff.diffusion.data import (
     split_holdout,
 )
 from kappadiff.diffusion.process import loss, make_schedule
+from kappadiff.diffusion.speed import Speedups
 from kappadiff.diffusion.train import TrainSettings, checkpoint_state, new_state, train
 from kappadiff.diffusion.unet import UNetConfig
 
@@ -256,6 +258,33 @@ def test_changed_config_trains_afresh(tmp_path, cutout_files):
     config["prior"]["train_steps"] = 3
     _run_stage(tmp_path, cutout_files, config)
     assert torch.load(tmp_path / "model.pt", weights_only=True)["step"] == 3
+
+
+def test_speed_switches_reach_training_and_change_nothing_on_cpu(
+    tmp_path, cutout_files, monkeypatch
+):
+    seen = []
+    real = train_module.compile_network
+
+    def spy(net, device, speedups):
+        seen.append(speedups)
+        return real(net, device, speedups)
+
+    monkeypatch.setattr(train_module, "compile_network", spy)
+    config = _stage_config(tmp_path, steps=3)
+    _run_stage(tmp_path / "plain", cutout_files, config)
+    on = {"channels_last": True, "compile": "default", "cudnn_benchmark": True}
+    config["prior"].update(on)
+    _run_stage(tmp_path / "on", cutout_files, config)
+    assert seen == [Speedups(), Speedups(**on)]
+    plain = torch.load(tmp_path / "plain" / "model.pt", weights_only=True)
+    fast = torch.load(tmp_path / "on" / "model.pt", weights_only=True)
+    for key in ("model", "ema"):  # GPU-only switches: bit for bit the plain run on CPU
+        for name, value in plain[key].items():
+            assert torch.equal(fast[key][name], value), (key, name)
+    assert torch.equal(fast["losses"], plain["losses"])
+    # and a resume is not refused over them: they are not in the training's fingerprint
+    assert fast["fingerprint"] == plain["fingerprint"]
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, cutouts: list, out: str) -> None:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from kappadiff.diffusion.unet import UNet, UNetConfig, count_parameters, timestep_embedding
+from kappadiff.diffusion.unet import (
+    UNet,
+    UNetConfig,
+    attend,
+    count_parameters,
+    timestep_embedding,
+)
 
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,))
 
@@ -98,3 +105,21 @@ def test_reference_size():
     default = count_parameters(UNet(UNetConfig(4, 32, (1, 2, 4), 2, (2,))))
     assert 30e6 < ref < 80e6, ref
     assert 2e6 < default < 6e6, default
+
+
+def test_fused_attention_layout_is_the_same_attention(monkeypatch):
+    # on CUDA q, k, v are laid out contiguously so that SDPA can take a fused kernel; the
+    # CPU keeps the strided views. Both must be the same attention (float32 rounding only)
+    strides = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v):
+        strides.append(q.stride(-1))
+        return sdpa(q, k, v)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    qkv = torch.randn(2, 3 * 64, 8, 8, generator=torch.Generator().manual_seed(3))
+    views, fused = attend(qkv, 2, fused=False), attend(qkv, 2, fused=True)
+    assert strides == [64, 1]  # views: stride = tokens; fused: unit stride
+    assert views.shape == (2, 2, 64, 32)
+    torch.testing.assert_close(fused, views, rtol=1e-5, atol=1e-6)

@@ -12,11 +12,16 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ConfigError", "check_config", "config_hash"]
+__all__ = ["SPEED_KEYS", "ConfigError", "check_config", "config_hash", "without_speed_keys"]
 
 #: Relative tolerance for patch_size_deg = npix * pixel_scale_arcmin / 60 (the paper's
 #: 4.2667 deg is 256 arcmin rounded to 4 decimals, a relative error of 1e-5).
 PATCH_SIZE_RTOL = 1e-4
+
+#: Keys of the ``prior`` and ``sampling`` sections that set how fast the network runs on a
+#: GPU and nothing else (:mod:`kappadiff.diffusion.speed`): no-ops on CPU, and on a GPU
+#: they change only the float rounding, so a change of them reruns no job.
+SPEED_KEYS = ("channels_last", "compile", "cudnn_benchmark")
 
 
 class ConfigError(ValueError):
@@ -86,3 +91,8 @@ def config_hash(config: Mapping[str, Any]) -> str:
     """Short stable hash of a configuration, written to every product header."""
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def without_speed_keys(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A config section without its :data:`SPEED_KEYS`, for a rule's params (rerun trigger)."""
+    return {k: v for k, v in section.items() if k not in SPEED_KEYS}

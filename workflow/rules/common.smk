@@ -12,7 +12,7 @@ SRC = os.path.join(workflow.basedir, "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
-from kappadiff.config import check_config  # noqa: E402
+from kappadiff.config import check_config, without_speed_keys  # noqa: E402
 
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)
@@ -40,11 +40,15 @@ def training_cutouts():
 
 
 def prior_params():
-    """The configuration the prior training depends on (a change reruns it)."""
+    """The configuration the prior training depends on (a change reruns it).
+
+    The GPU speed switches (prior.channels_last, compile, cudnn_benchmark) change no weight
+    beyond float rounding, so they are left out.
+    """
     return {
         "seed": config["seed"],
         "layout": config["layout"],
-        "prior": config["prior"],
+        "prior": without_speed_keys(config["prior"]),
     }
 
 

@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from ..products import atomic_output, file_hash
 from .data import Normalisation
 from .process import Schedule, make_schedule
 from .unet import UNet, UNetConfig
@@ -41,6 +40,10 @@ CHECKPOINT_FORMAT = "kappadiff-prior-1"
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` with ``torch.save`` to a temporary file, then rename it onto ``path``."""
+    # products (FITS I/O, astropy) only where a file is written or hashed, so that training
+    # and sampling in memory need no astropy (e.g. benchmarks/bench_gpu.py on a bare GPU node)
+    from ..products import atomic_output
+
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
 
@@ -117,4 +120,6 @@ def load_prior(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
 
     Gradients still flow through the network to its input, as DPS needs.
     """
+    from ..products import file_hash
+
     return prior_from_state(load_checkpoint(path, "cpu"), device, file_hash(path))

@@ -26,6 +26,7 @@ from ..seeding import derive_seed
 from .checkpoint import CHECKPOINT_FORMAT
 from .data import CutoutSet, Normalisation
 from .process import Schedule, loss
+from .speed import Speedups, compile_network, set_layout
 from .unet import UNet, UNetConfig
 
 __all__ = [
@@ -193,6 +194,7 @@ def train(
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[TrainState], None] | None = None,
     progress: bool = True,
+    speedups: Speedups | None = None,
 ) -> TrainState:
     """Train from ``state.step`` up to ``stop_at`` (default ``settings.steps``).
 
@@ -209,6 +211,10 @@ def train(
         after every ``checkpoint_every``-th step and at the end.
     progress
         Show a tqdm bar (rank 0).
+    speedups
+        GPU layout, autotuning and compilation of the network (:mod:`.speed`; nothing on
+        CPU). ``state.model`` is converted in place; the compiled module only runs the steps,
+        so checkpoints keep their keys.
 
     Notes
     -----
@@ -227,11 +233,15 @@ def train(
         )
     local = settings.batch_size // world
     part = slice(rank * local, (rank + 1) * local)
-    net: torch.nn.Module = state.model
+    speedups = speedups or Speedups()
+    # the layout before DDP, which builds its gradient buckets from the parameters' strides;
+    # compilation after it, so that DDP's hooks stay outside the compiled graph
+    net: torch.nn.Module = set_layout(state.model, device, speedups)
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(
             state.model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    net = compile_network(net, device, speedups)
     schedule = schedule.to(device)
     autocast = torch.autocast(
         device_type=device.type,

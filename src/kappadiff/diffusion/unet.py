@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UNet", "UNetConfig", "count_parameters", "timestep_embedding", "unet_from_dict"]
+__all__ = [
+    "UNet",
+    "UNetConfig",
+    "attend",
+    "count_parameters",
+    "timestep_embedding",
+    "unet_from_dict",
+]
 
 
 @dataclass(frozen=True)
@@ -136,11 +143,33 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        # [b, heads, tokens, dim] for scaled_dot_product_attention
-        q, k, v = (z.transpose(-1, -2) for z in (q, k, v))
-        a = F.scaled_dot_product_attention(q, k, v)
+        a = attend(self.qkv(self.norm(x)), self.heads, fused=x.is_cuda)
         return x + self.out(a.transpose(-1, -2).reshape(b, c, h, w))
+
+
+def attend(qkv: torch.Tensor, heads: int, fused: bool) -> torch.Tensor:
+    """Self-attention over pixels: ``qkv [b, 3c, h, w]`` → ``[b, heads, h w, c/heads]``.
+
+    Parameters
+    ----------
+    qkv
+        Queries, keys and values stacked along the channels.
+    heads
+        Number of heads; each attends with ``c/heads`` channels.
+    fused
+        Lay q, k and v out contiguously, as the fused kernels of
+        ``scaled_dot_product_attention`` (flash, memory-efficient, cuDNN) require (unit
+        stride along the head channels); the transposed views otherwise go to the math
+        kernel, which materialises every ``(h w)²`` attention matrix. True on CUDA; the CPU
+        keeps the views and its kernel, and so its results bit for bit.
+    """
+    b, c3, h, w = qkv.shape
+    q, k, v = qkv.reshape(b, 3, heads, c3 // (3 * heads), h * w).unbind(1)
+    # [b, heads, tokens, dim] for scaled_dot_product_attention
+    q, k, v = (z.transpose(-1, -2) for z in (q, k, v))
+    if fused:
+        q, k, v = (z.contiguous() for z in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 class _Unit(nn.Module):

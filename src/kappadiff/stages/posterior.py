@@ -27,9 +27,11 @@ import torch
 from astropy.io import fits
 
 from ..catalogue_io import read_data_patch
+from ..config import without_speed_keys
 from ..diffusion.checkpoint import load_prior
 from ..diffusion.dps import TrajectoryDiagnostic, chi2, dps_guidance, shear_data
 from ..diffusion.sampler import ddim_sample, timestep_sequence
+from ..diffusion.speed import Speedups, prepare_network
 from ..products import (
     ProductError,
     atomic_output,
@@ -41,11 +43,9 @@ from ..products import (
 )
 from ..seeding import derive_seed
 
-__all__ = ["posterior_seed", "prepare_network", "sample_patch", "sampling_params"]
+__all__ = ["posterior_seed", "sample_patch", "sampling_params"]
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = {"fp32": None, "tf32": None, "bf16": torch.bfloat16}
 
 
 def posterior_seed(
@@ -61,25 +61,11 @@ def posterior_seed(
 def sampling_params(config: Mapping[str, Any]) -> dict[str, Any]:
     """The configuration a patch's samples depend on: the seed and ``sampling``.
 
-    The patch list is left out, so that adding a patch does not rerun the others.
+    The patch list is left out, so that adding a patch does not rerun the others, and so are
+    the GPU speed switches (:data:`kappadiff.config.SPEED_KEYS`), which change no sample.
     """
-    sampling = {k: v for k, v in config["sampling"].items() if k != "patches"}
+    sampling = {k: v for k, v in without_speed_keys(config["sampling"]).items() if k != "patches"}
     return {"seed": config["seed"], "sampling": sampling}
-
-
-class _Autocast(torch.nn.Module):
-    """The network under autocast at ``dtype``, returning float32 (for the guidance)."""
-
-    def __init__(self, model: torch.nn.Module, device_type: str, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.model = model
-        self.device_type = device_type
-        self.dtype = dtype
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=self.device_type, dtype=self.dtype):
-            out = self.model(x, t)
-        return out.float()
 
 
 def _device(name: str) -> torch.device:
@@ -90,23 +76,14 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_network(
-    model: torch.nn.Module, device: torch.device, precision: str
-) -> torch.nn.Module:
-    """The network set up for ``precision`` (fp32, tf32 matmuls on CUDA, or bf16 autocast)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"sampling.precision = {precision!r}, expected one of {list(PRECISIONS)}")
-    if device.type == "cuda":
-        tf32 = precision == "tf32"
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-    dtype = PRECISIONS[precision]
-    return model if dtype is None else _Autocast(model, device.type, dtype)
-
-
 def _resume_key(data_hash: str, model_hash: str, seed: int, sampling: Mapping[str, Any]) -> str:
-    """Identifies a partial run: same data, model, seed and sampling settings."""
-    keep = {k: v for k, v in sampling.items() if k not in ("patches", "n_samples")}
+    """Identifies a partial run: same data, model, seed and sampling settings.
+
+    The speed switches are left out: a job resumed with another compile mode keeps its batches.
+    """
+    keep = {
+        k: v for k, v in without_speed_keys(sampling).items() if k not in ("patches", "n_samples")
+    }
     return f"{data_hash}:{model_hash}:{seed}:{sorted(keep.items())!r}"
 
 
@@ -235,7 +212,7 @@ def sample_patch(
         zeta=s["zeta"],
         pad=s["shear_pad"],
     )
-    network = prepare_network(prior.model, device, s["precision"])
+    network = prepare_network(prior.model, device, s["precision"], Speedups.from_config(s))
 
     seed = posterior_seed(config["seed"], patch_id)
     model_hash = prior.hash

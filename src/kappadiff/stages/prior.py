@@ -36,6 +36,7 @@ from ..diffusion.data import (
 )
 from ..diffusion.process import make_schedule
 from ..diffusion.sampler import ddim_sample, timestep_sequence
+from ..diffusion.speed import Speedups
 from ..diffusion.train import (
     TrainSettings,
     checkpoint_state,
@@ -267,6 +268,7 @@ def _train(args: dict, device: torch.device) -> None:
         settings,
         checkpoint_every=p["checkpoint_every"],
         on_checkpoint=write_checkpoint,
+        speedups=Speedups.from_config(p),
     )
     if rank != 0:
         return
