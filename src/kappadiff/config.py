@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .errors import KappadiffInputError
+
 __all__ = ["ConfigError", "check_config", "config_hash"]
 
 #: Relative tolerance for patch_size_deg = npix * pixel_scale_arcmin / 60 (the paper's
@@ -19,7 +21,7 @@ __all__ = ["ConfigError", "check_config", "config_hash"]
 PATCH_SIZE_RTOL = 1e-4
 
 
-class ConfigError(ValueError):
+class ConfigError(KappadiffInputError):
     """A configuration value is invalid; the message names the key."""
 
 

@@ -22,6 +22,7 @@ from astropy.io import fits
 
 from . import __version__
 from .config import config_hash
+from .errors import KappadiffInputError
 
 __all__ = [
     "ProductError",
@@ -44,7 +45,7 @@ HEALPIX_ORDERING = "RING"
 HEALPIX_COORDSYS = "C"
 
 
-class ProductError(ValueError):
+class ProductError(KappadiffInputError):
     """A product file is missing something it must hold; the message names file and key."""
 
 
