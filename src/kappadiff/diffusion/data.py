@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..products import ProductError, load_npy
 from ..seeding import derive_seed, rng_for
 
 __all__ = [
@@ -98,25 +99,28 @@ def open_cutouts(paths: Sequence[str | os.PathLike], npix: int | None = None) ->
 
     Raises
     ------
-    ValueError
-        Naming the file when its dimensionality, dtype, bin count or side disagrees.
+    ProductError
+        Naming the file when it is cut short or unreadable, or its dimensionality, dtype,
+        bin count or side disagrees.
     """
     arrays = []
     for path in paths:
-        a = np.load(path, mmap_mode="r")
+        a = load_npy(path, mmap_mode="r")
         if a.ndim != 4 or a.shape[2] != a.shape[3]:
-            raise ValueError(f"{path}: cut-outs must be [patch, bin, n, n], found shape {a.shape}")
+            raise ProductError(
+                f"{path}: cut-outs must be [patch, bin, n, n], found shape {a.shape}"
+            )
         if a.dtype != np.float32:
-            raise ValueError(f"{path}: cut-outs must be float32, found {a.dtype}")
+            raise ProductError(f"{path}: cut-outs must be float32, found {a.dtype}")
         if npix is not None and a.shape[2] != npix:
-            raise ValueError(f"{path}: cut-outs are {a.shape[2]} px a side, layout.npix = {npix}")
+            raise ProductError(f"{path}: cut-outs are {a.shape[2]} px a side, layout.npix = {npix}")
         if arrays and a.shape[1:] != arrays[0].shape[1:]:
-            raise ValueError(
+            raise ProductError(
                 f"{path}: shape {a.shape[1:]} per cut-out differs from {paths[0]}: "
                 f"{arrays[0].shape[1:]}"
             )
         if a.shape[0] == 0:
-            raise ValueError(f"{path}: holds no cut-outs")
+            raise ProductError(f"{path}: holds no cut-outs")
         arrays.append(a)
     return arrays
 

@@ -43,6 +43,7 @@ from ..catalogue_io import (
 )
 from ..products import (
     ProductError,
+    check_values,
     image_hdu,
     provenance,
     read_healpix,
@@ -213,6 +214,7 @@ def make_mock_catalogue(
     kappa, kheader = read_healpix(kappa_path)
     if len(kappa) != DESY3_N_BINS:
         raise ProductError(f"{kappa_path}: {len(kappa)} convergence maps, expected {DESY3_N_BINS}")
+    check_values(kappa_path, "HEALPIX", kappa)
     n_eff = np.asarray(cat["n_eff"], dtype=np.float64)
     sigma_e = np.asarray(cat["sigma_e"], dtype=np.float64)
     seed = config["seed"]
@@ -361,6 +363,7 @@ def pixelise(
                 "pixelise: truth outputs need the convergence map and one path a patch"
             )
         kappa, _ = read_healpix(kappa_path)
+        check_values(kappa_path, "HEALPIX", kappa)
         nside = hp.npix2nside(kappa.shape[-1])
         args = (nside, grid.ra0, grid.dec0, grid.npix, grid.pixel_scale_arcmin)
         if lay["interpolation"] == "bilinear":

@@ -35,6 +35,7 @@ from ..products import (
     atomic_output,
     file_hash,
     image_hdu,
+    load_npy,
     provenance,
     write_fits,
 )
@@ -118,7 +119,7 @@ def _load_partial(path: Path, key: str) -> dict[str, list[np.ndarray]]:
     """The samples of a pre-empted run of the same ``key``, or none."""
     if not path.exists():
         return _no_samples()
-    with np.load(path, allow_pickle=False) as z:
+    with load_npy(path) as z:
         if str(z["key"]) != key:
             log.warning("%s belongs to another configuration, data or model: starting afresh", path)
             return _no_samples()
