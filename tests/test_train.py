@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from kappadiff.diffusion.data import (
 from kappadiff.diffusion.process import loss, make_schedule
 from kappadiff.diffusion.train import TrainSettings, checkpoint_state, new_state, train
 from kappadiff.diffusion.unet import UNetConfig
+from kappadiff.products import ProductError, file_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,))
@@ -245,6 +247,8 @@ def test_resume_after_kill_is_exact(tmp_path, cutout_files, monkeypatch):
             assert torch.equal(resumed["optimizer"]["state"][pid][name], value)
     assert torch.equal(resumed["losses"], reference["losses"])
     assert (out / "loss.csv").read_text() == (tmp_path / "whole" / "loss.csv").read_text()
+    # the same weights make the same samples, so the products' MODHASH is the same
+    assert load_prior(out / "model.pt").hash == load_prior(tmp_path / "whole" / "model.pt").hash
     for png in ("loss.png", "samples.png"):
         assert (out / png).stat().st_size > 1000
 
@@ -256,6 +260,49 @@ def test_changed_config_trains_afresh(tmp_path, cutout_files):
     config["prior"]["train_steps"] = 3
     _run_stage(tmp_path, cutout_files, config)
     assert torch.load(tmp_path / "model.pt", weights_only=True)["step"] == 3
+
+
+def test_model_hash_covers_weights_network_and_normalisation_only(tmp_path, cutout_files):
+    arrays = open_cutouts(cutout_files)
+    norm = fit_normalisation(arrays)
+    sched = make_schedule()
+    state = new_state(TINY, SETTINGS, torch.device("cpu"))
+    train(state, CutoutSet(arrays, seed=1), sched, norm, SETTINGS, stop_at=2, progress=False)
+    ckpt = checkpoint_state(state, sched, norm, SETTINGS, 16)
+    save_checkpoint(tmp_path / "a.pt", ckpt)
+
+    # what a resumed run may hold differently: optimiser moments, RNG state, raw weights,
+    # step and losses (the bookkeeping of how the EMA weights were reached)
+    other = copy.deepcopy(ckpt)
+    for moments in other["optimizer"]["state"].values():
+        moments["exp_avg"] *= 2
+    other["torch_rng"] = torch.zeros_like(ckpt["torch_rng"])
+    other["model"] = {k: v + 1 for k, v in ckpt["model"].items()}
+    other["step"], other["losses"] = 7, torch.zeros(7, dtype=torch.float64)
+    save_checkpoint(tmp_path / "b.pt", other)
+    assert file_hash(tmp_path / "a.pt") != file_hash(tmp_path / "b.pt")
+    assert load_prior(tmp_path / "a.pt").hash == load_prior(tmp_path / "b.pt").hash
+
+    # one EMA weight one float32 ulp away, or another normalisation: other samples
+    name = next(iter(ckpt["ema"]))
+    weight = copy.deepcopy(ckpt)
+    w = weight["ema"][name].view(-1)
+    w[0] = torch.nextafter(w[0], w[0] + 1)
+    scale = copy.deepcopy(ckpt)
+    scale["normalisation"]["std"][0] *= 1.001
+    for i, changed in enumerate((weight, scale)):
+        save_checkpoint(tmp_path / f"c{i}.pt", changed)
+        assert load_prior(tmp_path / f"c{i}.pt").hash != load_prior(tmp_path / "a.pt").hash
+
+
+def test_truncated_checkpoint_is_named(tmp_path, cutout_files):
+    state = new_state(TINY, SETTINGS, torch.device("cpu"))
+    norm = fit_normalisation(open_cutouts(cutout_files))
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, checkpoint_state(state, make_schedule(), norm, SETTINGS, 16))
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(ProductError, match=r"model.pt: not a readable torch checkpoint \(5000 b"):
+        load_prior(path)
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, cutouts: list, out: str) -> None:
