@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from kappadiff.diffusion.checkpoint import load_checkpoint, load_prior, save_che
 from kappadiff.diffusion.data import (
     CutoutSet,
     augment_dihedral,
+    content_hash,
     fit_normalisation,
     open_cutouts,
     split_holdout,
@@ -260,6 +262,47 @@ def test_changed_config_trains_afresh(tmp_path, cutout_files):
     config["prior"]["train_steps"] = 3
     _run_stage(tmp_path, cutout_files, config)
     assert torch.load(tmp_path / "model.pt", weights_only=True)["step"] == 3
+
+
+def test_changed_training_data_trains_afresh(tmp_path, cutout_files, rng, caplog):
+    config = _stage_config(tmp_path, steps=5)
+    out = tmp_path / "prior"
+    _run_stage(out, cutout_files, config)
+    first = torch.load(out / "model.pt", weights_only=True)
+
+    # the same content rewritten (a rerun of extract_patches): resumed, nothing retrained
+    for path in cutout_files:
+        np.save(path, np.load(path))
+    with caplog.at_level(logging.INFO):
+        _run_stage(out, cutout_files, config)
+    assert f"resuming from {out / 'checkpoint.pt'} at step 5" in caplog.text
+
+    # new content under the same names and counts, as from another sigma8
+    for path in cutout_files:
+        np.save(path, 1.2 * lognormal_cutouts(rng, np.load(path).shape[0]))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        _run_stage(out, cutout_files, config)
+    assert "was made with another training set" in caplog.text
+    assert "training afresh" in caplog.text and "resuming" not in caplog.text
+    retrained = torch.load(out / "model.pt", weights_only=True)
+    assert not torch.equal(retrained["normalisation"]["std"], first["normalisation"]["std"])
+    assert any(not torch.equal(v, first["ema"][k]) for k, v in retrained["ema"].items())
+    # exactly the training a fresh directory makes of the new data (bit for bit on CPU)
+    _run_stage(tmp_path / "fresh", cutout_files, config)
+    fresh = torch.load(tmp_path / "fresh" / "model.pt", weights_only=True)
+    for name, value in fresh["ema"].items():
+        assert torch.equal(retrained["ema"][name], value), name
+
+
+def test_content_hash_sees_every_cutout(rng):
+    a = lognormal_cutouts(rng, 100)
+    b = a.copy()
+    assert content_hash([a]) == content_hash([b])
+    # cut-out 37 is not among the 32 read whole; its middle row still enters the hash
+    b[37, 2, 8, 5] += 1e-6
+    assert content_hash([a]) != content_hash([b])
+    assert content_hash([a]) != content_hash([a[:99]])
 
 
 def test_model_hash_covers_weights_network_and_normalisation_only(tmp_path, cutout_files):
