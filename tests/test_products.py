@@ -206,3 +206,12 @@ def test_a_truncated_cutout_file_is_named_with_its_shape(tmp_path, rng):
     path.write_bytes(b"")
     with pytest.raises(products.ProductError, match=r"sim000_cutouts.npy: empty file"):
         open_cutouts([path])
+
+
+def test_read_images_verifies_the_hdus_it_reads(tmp_path, rng):
+    # a mosaic reads MEAN and STD of each posterior, not its (large) SAMPLES
+    path = data_patch(tmp_path / "patch_0005.fits", rng)
+    flip_bit(path, "G2", 7, 30)
+    products.read_images(path, ["G1", "SIGMA"])
+    with pytest.raises(products.ProductError, match=r"patch_0005.fits: HDU G2 \(#2\)"):
+        products.read_images(path, ["G1", "G2"])

@@ -220,11 +220,15 @@ def write_fits(
 
 
 @contextlib.contextmanager
-def open_fits(path: str | os.PathLike, memmap: bool = False) -> Iterator[fits.HDUList]:
+def open_fits(
+    path: str | os.PathLike, memmap: bool = False, verify: Sequence[str] | None = None
+) -> Iterator[fits.HDUList]:
     """Open a FITS file after checking that it is whole and unaltered; yields its HDU list.
 
     Every reader of a FITS product (or of a user's FITS file) opens it here, so a damaged
     file is reported with its name rather than failing later with a message that names none.
+    ``verify`` names the HDUs whose checksums are verified besides the primary (a reader of
+    a posterior's MEAN need not read its SAMPLES); None: all.
 
     Raises
     ------
@@ -264,7 +268,10 @@ def open_fits(path: str | os.PathLike, memmap: bool = False) -> Iterator[fits.HD
                 f"{path}: truncated: {len(hdul) - 1} of the {nextend} extensions its header "
                 f"lists (NEXTEND) in {size} bytes; rebuild it"
             )
+        names = None if verify is None else {"PRIMARY", *(n.upper() for n in verify)}
         for i, hdu in enumerate(hdul):
+            if names is not None and hdu.name not in names:
+                continue
             if hdu.verify_datasum() == 0 or hdu.verify_checksum() == 0:
                 raise ProductError(
                     f"{path}: HDU {hdu.name or i} (#{i}) does not match its DATASUM/CHECKSUM "
@@ -307,7 +314,7 @@ def read_images(
     Raises :class:`ProductError` naming the file and the missing extension.
     """
     out: dict[str, np.ndarray] = {}
-    with open_fits(path) as hdul:
+    with open_fits(path, verify=names) as hdul:
         available = [h.name for h in hdul[1:]]
         wanted = available if names is None else list(names)
         for name in wanted:
