@@ -188,6 +188,77 @@ def test_partial_file_of_other_settings_is_not_reused(tmp_path, data_path, model
         assert hr["SAMPLES"].data.tobytes() == ho["SAMPLES"].data.tobytes()
 
 
+def preempt_after(monkeypatch, n_batches):
+    """Make the sampler die once, on batch ``n_batches + 1``; returns the drawn shapes."""
+    real = sampler.ddim_sample
+    calls = []
+    started = []
+
+    def preempted(*args, **kwargs):
+        calls.append(args[2])
+        started.append(args[2])
+        if len(started) == n_batches + 1:
+            raise KeyboardInterrupt("pre-empted")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(posterior, "ddim_sample", preempted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "before, after, batch, drawn_again",
+    [
+        # 3 of 4 samples drawn one at a time, then n_samples = 2: the first 2 are kept
+        (4, 2, 1, []),
+        # batch (0, 2) of a 3-sample run drawn, then n_samples = 1: a fresh run draws a
+        # batch (0, 1), seeded differently, so nothing of the partial run is kept
+        (3, 1, 2, [(1, BINS, N, N)]),
+    ],
+)
+def test_lowered_n_samples_gives_exactly_a_fresh_runs_samples(
+    tmp_path, data_path, model_path, monkeypatch, before, after, batch, drawn_again
+):
+    out = tmp_path / "run.fits"
+    calls = preempt_after(monkeypatch, n_batches=-(-(before - 1) // batch))
+    with pytest.raises(KeyboardInterrupt):
+        sample_patch(data_path, model_path, out, config(n_samples=before, batch_size=batch), 3)
+    assert (tmp_path / "run.fits.partial.npz").exists()
+
+    calls.clear()
+    sample_patch(data_path, model_path, out, config(n_samples=after, batch_size=batch), 3)
+    assert calls == drawn_again
+    fresh = sample_patch(
+        data_path, model_path, tmp_path / "fresh.fits", config(n_samples=after, batch_size=batch), 3
+    )
+    with fits.open(out) as ho, fits.open(fresh) as hf:
+        assert ho[0].header["NSAMPLE"] == after
+        samples = ho["SAMPLES"].data
+        assert samples.shape == (after, BINS, N, N)
+        assert samples.tobytes() == hf["SAMPLES"].data.tobytes()  # bit for bit on CPU
+        # MEAN and CHI2 are of exactly those samples (float64 mean of float32 values)
+        np.testing.assert_allclose(ho["MEAN"].data, samples.astype(np.float64).mean(0), rtol=1e-6)
+        assert ho["CHI2"].data.shape == (after, BINS)
+        for name in ("MEAN", "STD", "CHI2", "DRIFT"):
+            assert ho[name].data.tobytes() == hf[name].data.tobytes(), name
+
+
+def test_partial_file_of_other_draws_is_discarded_saying_why(
+    tmp_path, data_path, model_path, monkeypatch, caplog
+):
+    out = tmp_path / "run.fits"
+    preempt_after(monkeypatch, n_batches=1)
+    with pytest.raises(KeyboardInterrupt):
+        sample_patch(data_path, model_path, out, config(), 3)
+    monkeypatch.undo()
+    with caplog.at_level("INFO"):
+        sample_patch(data_path, model_path, out, config(step_power=2.0, runtime_min=99), 3)
+    # the run time limit does not change a draw, the step spacing does
+    assert "run.fits.partial.npz was drawn with another sampling.step_power: starting afresh" in (
+        caplog.text
+    )
+    assert "resuming" not in caplog.text
+
+
 def test_unscaled_float16_without_samples_options(tmp_path, data_path, model_path):
     out = sample_patch(
         data_path, model_path, tmp_path / "u.fits", config(scaled=False, save_samples="float16"), 3

@@ -270,8 +270,16 @@ def test_extract_patches_stage_checks_inputs(tmp_path, repo_root):
     nan = np.zeros((4, hp.nside2npix(16)))
     nan[2, :3] = np.nan
     write_healpix(tmp_path / "nan.fits", nan)
-    with pytest.raises(ValueError, match="nan.fits: 3 non-finite"):
+    with pytest.raises(ProductError, match="nan.fits: HDU HEALPIX has 3 non-finite pixels"):
         extract_patches(tmp_path / "nan.fits", tmp_path / "index.npz", tmp_path / "c.npy")
+    # κ far beyond any lensing value (e.g. a flipped exponent bit in a map made elsewhere)
+    absurd = np.zeros((4, hp.nside2npix(16)))
+    absurd[1, 7] = -4.5e36
+    write_healpix(tmp_path / "absurd.fits", absurd)
+    with pytest.raises(
+        ProductError, match=r"absurd.fits: HDU HEALPIX has 1 pixels with \|value\| > 10"
+    ):
+        extract_patches(tmp_path / "absurd.fits", tmp_path / "index.npz", tmp_path / "c.npy")
     # a layout made for another patch geometry is refused
     bad = dict(config, layout=dict(config["layout"], npix=8, pixel_scale_arcmin=32.0))
     with pytest.raises(ProductError, match="NPIX"):

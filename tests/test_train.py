@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from kappadiff.diffusion.checkpoint import load_checkpoint, load_prior, save_che
 from kappadiff.diffusion.data import (
     CutoutSet,
     augment_dihedral,
+    content_hash,
     fit_normalisation,
     open_cutouts,
     split_holdout,
@@ -26,6 +29,7 @@ from kappadiff.diffusion.process import loss, make_schedule
 from kappadiff.diffusion.speed import Speedups
 from kappadiff.diffusion.train import TrainSettings, checkpoint_state, new_state, train
 from kappadiff.diffusion.unet import UNetConfig
+from kappadiff.products import ProductError, file_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,))
@@ -247,6 +251,8 @@ def test_resume_after_kill_is_exact(tmp_path, cutout_files, monkeypatch):
             assert torch.equal(resumed["optimizer"]["state"][pid][name], value)
     assert torch.equal(resumed["losses"], reference["losses"])
     assert (out / "loss.csv").read_text() == (tmp_path / "whole" / "loss.csv").read_text()
+    # the same weights make the same samples, so the products' MODHASH is the same
+    assert load_prior(out / "model.pt").hash == load_prior(tmp_path / "whole" / "model.pt").hash
     for png in ("loss.png", "samples.png"):
         assert (out / png).stat().st_size > 1000
 
@@ -285,6 +291,90 @@ def test_speed_switches_reach_training_and_change_nothing_on_cpu(
     assert torch.equal(fast["losses"], plain["losses"])
     # and a resume is not refused over them: they are not in the training's fingerprint
     assert fast["fingerprint"] == plain["fingerprint"]
+
+
+def test_changed_training_data_trains_afresh(tmp_path, cutout_files, rng, caplog):
+    config = _stage_config(tmp_path, steps=5)
+    out = tmp_path / "prior"
+    _run_stage(out, cutout_files, config)
+    first = torch.load(out / "model.pt", weights_only=True)
+
+    # the same content rewritten (a rerun of extract_patches): resumed, nothing retrained
+    for path in cutout_files:
+        np.save(path, np.load(path))
+    with caplog.at_level(logging.INFO):
+        _run_stage(out, cutout_files, config)
+    assert f"resuming from {out / 'checkpoint.pt'} at step 5" in caplog.text
+
+    # new content under the same names and counts, as from another sigma8
+    for path in cutout_files:
+        np.save(path, 1.2 * lognormal_cutouts(rng, np.load(path).shape[0]))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        _run_stage(out, cutout_files, config)
+    assert "was made with another training set" in caplog.text
+    assert "training afresh" in caplog.text and "resuming" not in caplog.text
+    retrained = torch.load(out / "model.pt", weights_only=True)
+    assert not torch.equal(retrained["normalisation"]["std"], first["normalisation"]["std"])
+    assert any(not torch.equal(v, first["ema"][k]) for k, v in retrained["ema"].items())
+    # exactly the training a fresh directory makes of the new data (bit for bit on CPU)
+    _run_stage(tmp_path / "fresh", cutout_files, config)
+    fresh = torch.load(tmp_path / "fresh" / "model.pt", weights_only=True)
+    for name, value in fresh["ema"].items():
+        assert torch.equal(retrained["ema"][name], value), name
+
+
+def test_content_hash_sees_every_cutout(rng):
+    a = lognormal_cutouts(rng, 100)
+    b = a.copy()
+    assert content_hash([a]) == content_hash([b])
+    # cut-out 37 is not among the 32 read whole; its middle row still enters the hash
+    b[37, 2, 8, 5] += 1e-6
+    assert content_hash([a]) != content_hash([b])
+    assert content_hash([a]) != content_hash([a[:99]])
+
+
+def test_model_hash_covers_weights_network_and_normalisation_only(tmp_path, cutout_files):
+    arrays = open_cutouts(cutout_files)
+    norm = fit_normalisation(arrays)
+    sched = make_schedule()
+    state = new_state(TINY, SETTINGS, torch.device("cpu"))
+    train(state, CutoutSet(arrays, seed=1), sched, norm, SETTINGS, stop_at=2, progress=False)
+    ckpt = checkpoint_state(state, sched, norm, SETTINGS, 16)
+    save_checkpoint(tmp_path / "a.pt", ckpt)
+
+    # what a resumed run may hold differently: optimiser moments, RNG state, raw weights,
+    # step and losses (the bookkeeping of how the EMA weights were reached)
+    other = copy.deepcopy(ckpt)
+    for moments in other["optimizer"]["state"].values():
+        moments["exp_avg"] *= 2
+    other["torch_rng"] = torch.zeros_like(ckpt["torch_rng"])
+    other["model"] = {k: v + 1 for k, v in ckpt["model"].items()}
+    other["step"], other["losses"] = 7, torch.zeros(7, dtype=torch.float64)
+    save_checkpoint(tmp_path / "b.pt", other)
+    assert file_hash(tmp_path / "a.pt") != file_hash(tmp_path / "b.pt")
+    assert load_prior(tmp_path / "a.pt").hash == load_prior(tmp_path / "b.pt").hash
+
+    # one EMA weight one float32 ulp away, or another normalisation: other samples
+    name = next(iter(ckpt["ema"]))
+    weight = copy.deepcopy(ckpt)
+    w = weight["ema"][name].view(-1)
+    w[0] = torch.nextafter(w[0], w[0] + 1)
+    scale = copy.deepcopy(ckpt)
+    scale["normalisation"]["std"][0] *= 1.001
+    for i, changed in enumerate((weight, scale)):
+        save_checkpoint(tmp_path / f"c{i}.pt", changed)
+        assert load_prior(tmp_path / f"c{i}.pt").hash != load_prior(tmp_path / "a.pt").hash
+
+
+def test_truncated_checkpoint_is_named(tmp_path, cutout_files):
+    state = new_state(TINY, SETTINGS, torch.device("cpu"))
+    norm = fit_normalisation(open_cutouts(cutout_files))
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, checkpoint_state(state, make_schedule(), norm, SETTINGS, 16))
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(ProductError, match=r"model.pt: not a readable torch checkpoint \(5000 b"):
+        load_prior(path)
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, cutouts: list, out: str) -> None:

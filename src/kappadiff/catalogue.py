@@ -24,6 +24,8 @@ import healpy as hp
 import numba
 import numpy as np
 
+from .errors import KappadiffInputError
+
 __all__ = [
     "REJECTION_REASONS",
     "SHEARED_SELECTIONS",
@@ -71,7 +73,7 @@ METACAL_DGAMMA = 0.02
 ACCUMULATOR_BYTES = 5 * 8
 
 
-class CatalogueError(ValueError):
+class CatalogueError(KappadiffInputError):
     """Bad catalogue input; the message names the file (or catalogue), column and count."""
 
 

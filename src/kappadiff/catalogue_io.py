@@ -35,7 +35,7 @@ from .catalogue import (
     check_radians,
     quality_cuts,
 )
-from .products import ProductError, atomic_output, celestial_wcs
+from .products import ProductError, atomic_output, celestial_wcs, check_values, open_fits
 
 #: Image HDUs of a data patch that the reconstructions read (NGAL is informative only).
 DATA_HDUS = ("G1", "G2", "SIGMA", "MASK")
@@ -483,12 +483,13 @@ def read_data_patch(
     Raises
     ------
     ProductError
-        Naming the file and HDU: missing HDUs, shapes that differ, a MASK other than
-        0/1, non-finite shear or non-positive SIGMA in observed pixels, or a pixel scale
-        that differs from the configuration's.
+        Naming the file and HDU: a damaged file (:func:`kappadiff.products.open_fits`),
+        missing HDUs, shapes that differ, a MASK other than 0/1, non-finite or absurd
+        (:func:`kappadiff.products.check_values`) shear or σ, or non-positive SIGMA, in
+        observed pixels, or a pixel scale that differs from the configuration's.
     """
     images: dict[str, np.ndarray] = {}
-    with fits.open(path, memmap=False) as hdul:
+    with open_fits(path) as hdul:
         names = [h.name for h in hdul[1:]]
         missing = [n for n in DATA_HDUS if n not in names]
         if missing:
@@ -517,6 +518,8 @@ def read_data_patch(
         raise ProductError(
             f"{path}: HDU SIGMA is not > 0 (or not finite) in {int(bad.sum())} observed pixels"
         )
+    for name in ("G1", "G2", "SIGMA"):
+        check_values(path, name, images[name], observed)
     scale = abs(float(wcs["CDELT2"])) * 60.0
     if pixel_scale_arcmin is not None and not np.isclose(scale, pixel_scale_arcmin, rtol=1e-6):
         raise ProductError(

@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .errors import KappadiffInputError
+
 __all__ = ["SPEED_KEYS", "ConfigError", "check_config", "config_hash", "without_speed_keys"]
 
 #: Relative tolerance for patch_size_deg = npix * pixel_scale_arcmin / 60 (the paper's
@@ -24,7 +26,7 @@ PATCH_SIZE_RTOL = 1e-4
 SPEED_KEYS = ("channels_last", "compile", "cudnn_benchmark")
 
 
-class ConfigError(ValueError):
+class ConfigError(KappadiffInputError):
     """A configuration value is invalid; the message names the key."""
 
 

@@ -19,6 +19,8 @@ import healpy as hp
 import numpy as np
 from matplotlib.path import Path as _MplPath
 
+from .errors import KappadiffInputError
+
 __all__ = [
     "FootprintError",
     "des_polygon_path",
@@ -32,7 +34,7 @@ __all__ = [
 MASK_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fz")
 
 
-class FootprintError(ValueError):
+class FootprintError(KappadiffInputError):
     """A footprint file cannot be used; the message names the file and the problem."""
 
 

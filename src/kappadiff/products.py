@@ -11,17 +11,22 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import math
 import os
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 
 from . import __version__
 from .config import config_hash
+from .errors import KappadiffInputError
 
 __all__ = [
     "CATALOGUE_CARDS",
@@ -30,8 +35,11 @@ __all__ = [
     "catalogue_identity",
     "celestial_wcs",
     "check_same_catalogue",
+    "check_values",
     "file_hash",
     "image_hdu",
+    "load_npy",
+    "open_fits",
     "provenance",
     "read_healpix",
     "read_images",
@@ -46,8 +54,14 @@ __all__ = [
 HEALPIX_ORDERING = "RING"
 HEALPIX_COORDSYS = "C"
 
+#: Largest |value| accepted in a shear (G1, G2), shear-noise (SIGMA) or κ input. A pixel's mean
+#: shear of galaxies with |e| <= 1 stays below ~1.5 after response correction and its σ below
+#: ~1; κ of a source bin reaches O(1) only in cluster cores. 10 is far above all of them, and
+#: far below what one flipped exponent bit of a float32 makes of such a value (~1e36).
+ABSURD_VALUE = 10.0
 
-class ProductError(ValueError):
+
+class ProductError(KappadiffInputError):
     """A product file is missing something it must hold; the message names file and key."""
 
 
@@ -191,15 +205,108 @@ def write_fits(
     hdus: Sequence[fits.ImageHDU | fits.BinTableHDU],
     primary_header: fits.Header | Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write an empty primary HDU (with ``primary_header``) followed by ``hdus``, atomically."""
+    """Write an empty primary HDU (with ``primary_header``) followed by ``hdus``, atomically.
+
+    The primary header also records the number of extensions (``NEXTEND``), which
+    :func:`open_fits` checks.
+    """
     prim = fits.PrimaryHDU(
         header=primary_header.copy()
         if isinstance(primary_header, fits.Header)
         else _fill(fits.Header(), primary_header)
     )
+    # lets a reader tell a file cut at an HDU boundary from a whole one (open_fits)
+    prim.header["NEXTEND"] = (len(hdus), "number of extensions")
     with atomic_output(path) as tmp:
         fits.HDUList([prim, *hdus]).writeto(tmp, overwrite=True, checksum=True)
     return Path(path)
+
+
+@contextlib.contextmanager
+def open_fits(
+    path: str | os.PathLike, memmap: bool = False, verify: Sequence[str] | None = None
+) -> Iterator[fits.HDUList]:
+    """Open a FITS file after checking that it is whole and unaltered; yields its HDU list.
+
+    Every reader of a FITS product (or of a user's FITS file) opens it here, so a damaged
+    file is reported with its name rather than failing later with a message that names none.
+    ``verify`` names the HDUs whose checksums are verified besides the primary (a reader of
+    a posterior's MEAN need not read its SAMPLES); None: all.
+
+    Raises
+    ------
+    ProductError
+        Naming the file: empty, not FITS, shorter than the size its headers describe (both
+        sizes given), fewer extensions than its ``NEXTEND`` card lists (a file cut at an HDU
+        boundary), or an HDU, named, whose data or header disagree with its ``DATASUM`` /
+        ``CHECKSUM`` cards. HDUs without those cards (files written by other software) are
+        not checked against them.
+    FileNotFoundError
+        If ``path`` does not exist (the message names it).
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ProductError(f"{path}: empty file (0 bytes), not FITS; rebuild it")
+    with warnings.catch_warnings():
+        # astropy's "File may have been truncated" names no file: the size check below
+        # reports it with the file and both sizes
+        warnings.filterwarnings("ignore", "File may have been truncated", AstropyUserWarning)
+        hdul = None
+        try:
+            hdul = fits.open(path, memmap=memmap)
+            hdul.readall()
+        except (OSError, ValueError, TypeError) as err:
+            if hdul is not None:
+                hdul.close()
+            raise ProductError(f"{path}: not a readable FITS file ({size} bytes): {err}") from err
+    with hdul:
+        described = max(h.fileinfo()["datLoc"] + h.fileinfo()["datSpan"] for h in hdul)
+        if size < described:
+            raise ProductError(
+                f"{path}: truncated: {size} bytes, its headers describe {described}; rebuild it"
+            )
+        nextend = hdul[0].header.get("NEXTEND")
+        if isinstance(nextend, int) and len(hdul) - 1 < nextend:
+            raise ProductError(
+                f"{path}: truncated: {len(hdul) - 1} of the {nextend} extensions its header "
+                f"lists (NEXTEND) in {size} bytes; rebuild it"
+            )
+        names = None if verify is None else {"PRIMARY", *(n.upper() for n in verify)}
+        for i, hdu in enumerate(hdul):
+            if names is not None and hdu.name not in names:
+                continue
+            if hdu.verify_datasum() == 0 or hdu.verify_checksum() == 0:
+                raise ProductError(
+                    f"{path}: HDU {hdu.name or i} (#{i}) does not match its DATASUM/CHECKSUM "
+                    "cards: the file was altered or damaged after it was written; rebuild it"
+                )
+        yield hdul
+
+
+def check_values(
+    path: str | os.PathLike,
+    hdu: str,
+    values: np.ndarray,
+    where: np.ndarray | None = None,
+    limit: float = ABSURD_VALUE,
+) -> None:
+    """Check that ``values`` (where ``where`` is true; default everywhere) are finite and small.
+
+    ``limit`` bounds ``|values|`` (default :data:`ABSURD_VALUE`, for shear, σ and κ).
+    Raises :class:`ProductError` naming the file, the HDU and the count of bad pixels.
+    """
+    values = np.asarray(values)
+    sel = np.ones(values.shape, bool) if where is None else np.asarray(where, bool)
+    finite = np.isfinite(values)
+    bad = sel & ~finite
+    if bad.any():
+        raise ProductError(f"{path}: HDU {hdu} has {int(bad.sum())} non-finite pixels")
+    absurd = sel & finite & (np.abs(values) > limit)
+    if absurd.any():
+        raise ProductError(
+            f"{path}: HDU {hdu} has {int(absurd.sum())} pixels with |value| > {limit:g} "
+            f"(up to {np.max(np.abs(values[absurd])):.3g}), impossible for shear or convergence"
+        )
 
 
 def read_images(
@@ -210,7 +317,7 @@ def read_images(
     Raises :class:`ProductError` naming the file and the missing extension.
     """
     out: dict[str, np.ndarray] = {}
-    with fits.open(path, memmap=False) as hdul:
+    with open_fits(path, verify=names) as hdul:
         available = [h.name for h in hdul[1:]]
         wanted = available if names is None else list(names)
         for name in wanted:
@@ -255,7 +362,7 @@ def read_table(
     path: str | os.PathLike, name: str = "TABLE"
 ) -> tuple[dict[str, np.ndarray], fits.Header]:
     """Read a table written by :func:`write_table`: ``({column: array}, table header)``."""
-    with fits.open(path, memmap=False) as hdul:
+    with open_fits(path) as hdul:
         if name.upper() not in [h.name for h in hdul]:
             raise ProductError(f"{path}: no table HDU '{name}'")
         hdu = hdul[name.upper()]
@@ -299,7 +406,7 @@ def read_healpix(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
 
     Raises :class:`ProductError` if the file is not RING-ordered equatorial HEALPix.
     """
-    with fits.open(path, memmap=True) as hdul:
+    with open_fits(path, memmap=True) as hdul:
         if len(hdul) < 2:
             raise ProductError(f"{path}: no HEALPix table extension")
         hdu = hdul[1]
@@ -312,6 +419,48 @@ def read_healpix(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
             raise ProductError(f"{path}: COORDSYS is {h.get('COORDSYS')!r}, expected 'C'")
         maps = np.stack([np.asarray(hdu.data[c], dtype=np.float32) for c in hdu.columns.names])
         return maps, h.copy()
+
+
+def load_npy(path: str | os.PathLike, mmap_mode: str | None = None) -> Any:
+    """``np.load`` of an .npy or .npz product (no pickles), with errors that name the file.
+
+    An .npy file is first checked against the size its header describes, so a file cut
+    short is reported with both sizes (``np.load`` says only "mmap length is greater than
+    file size" or "cannot reshape array").
+
+    Raises
+    ------
+    ProductError
+        Naming the file: empty, cut short, or not readable as .npy / .npz.
+    FileNotFoundError
+        If ``path`` does not exist (the message names it).
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ProductError(f"{path}: empty file (0 bytes); rebuild it")
+    with open(path, "rb") as f:
+        if f.read(6) == b"\x93NUMPY":
+            f.seek(0)
+            try:
+                version = np.lib.format.read_magic(f)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read_header(f)
+            except (OSError, ValueError) as err:
+                raise ProductError(f"{path}: unreadable .npy header ({size} bytes): {err}") from err
+            expected = f.tell() + math.prod(shape) * dtype.itemsize
+            if size < expected:
+                raise ProductError(
+                    f"{path}: truncated: {size} bytes, its header describes {dtype} "
+                    f"{list(shape)} in {expected} bytes; rebuild it"
+                )
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ProductError(f"{path}: not a readable .npy/.npz file ({size} bytes): {err}") from err
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:

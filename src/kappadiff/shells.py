@@ -36,6 +36,8 @@ from pathlib import Path
 import healpy as hp
 import numpy as np
 
+from .errors import KappadiffInputError
+
 __all__ = [
     "ShellError",
     "ShellSet",
@@ -56,7 +58,7 @@ COSMOGRID_SHELL_FIELDS = ("lower_z", "upper_z", "lower_com", "upper_com", "shell
 EDGE_RTOL = 1e-4
 
 
-class ShellError(ValueError):
+class ShellError(KappadiffInputError):
     """Lightcone shells are unusable; the message names the file."""
 
 

@@ -13,6 +13,8 @@ import os
 import numpy as np
 from scipy.special import erf
 
+from .errors import KappadiffInputError
+
 __all__ = [
     "DESY3_AREA_DEG2",
     "DESY3_M_BIAS",
@@ -88,7 +90,7 @@ DESY3_NZ_ZMAX = 3.0
 NZ_NEGATIVE_RTOL = 1e-2
 
 
-class NzError(ValueError):
+class NzError(KappadiffInputError):
     """An n(z) file or array is unusable; the message names the file and the bin."""
 
 

@@ -17,13 +17,22 @@ A checkpoint is a dict of tensors and plain values (no pickled classes), so
 ``npix``
     Side of the training cut-outs.
 ``settings``, ``fingerprint``, ``holdout``, ``data_files``, ``data_counts``
-    Training settings, a hash of what must not change across a resume, the held-out
-    cut-out indices and the training files.
+    Training settings, a hash of what must not change across a resume (network, schedule,
+    settings and the training data's content, :func:`kappadiff.diffusion.train.fingerprint`),
+    the held-out cut-out indices and the training files.
+
+The model hash (``MODHASH`` of the products sampled with a prior, :func:`model_hash`) covers
+only what determines the samples: the EMA weights, the network and schedule configs, the
+normalisation and the cut-out side; not the optimiser or RNG state, so a resumed training
+and an uninterrupted one that reach the same weights give the same hash.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +42,14 @@ from .data import Normalisation
 from .process import Schedule, make_schedule
 from .unet import UNet, UNetConfig
 
-__all__ = ["CHECKPOINT_FORMAT", "Prior", "load_checkpoint", "load_prior", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Prior",
+    "load_checkpoint",
+    "load_prior",
+    "model_hash",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "kappadiff-prior-1"
 
@@ -49,12 +65,58 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint with ``weights_only=True``; raises ValueError naming a foreign file."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    """Read a checkpoint with ``weights_only=True``.
+
+    Raises :class:`ProductError` naming the file if it is cut short, unreadable, holds
+    anything but tensors and plain values, or is not a kappadiff prior checkpoint.
+    """
+    from ..products import ProductError  # astropy only when a checkpoint is read
+
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        size = os.path.getsize(path)
+        raise ProductError(
+            f"{path}: not a readable torch checkpoint ({size} bytes; cut short?): {err}"
+        ) from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path}: not a kappadiff prior checkpoint (format {found!r})")
+        raise ProductError(f"{path}: not a kappadiff prior checkpoint (format {found!r})")
     return state
+
+
+def _update_hash(h: Any, value: Any) -> None:
+    """Feed ``value`` (nested dicts/lists of tensors and plain values) to the hash ``h``."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"tensor {t.dtype} {list(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        h.update(f"dict {len(value)}:".encode())
+        for key in sorted(value, key=str):
+            h.update(f"{key!s}=".encode())
+            _update_hash(h, value[key])
+    elif isinstance(value, list | tuple):
+        h.update(f"list {len(value)}:".encode())
+        for item in value:
+            _update_hash(h, item)
+    else:
+        h.update(json.dumps(value).encode())
+
+
+def model_hash(state: dict, length: int = 16) -> str:
+    """Hash of what a checkpoint's samples depend on (the ``MODHASH`` card).
+
+    SHA-256 (first ``length`` hex digits) of the EMA weights (names, dtypes, shapes and
+    bytes), the ``unet`` and ``schedule`` configs, the ``normalisation`` and ``npix``. The
+    raw weights, optimiser, RNG state, losses and bookkeeping are left out: they do not
+    change a sample.
+    """
+    h = hashlib.sha256()
+    _update_hash(h, {k: state[k] for k in ("ema", "unet", "schedule", "normalisation", "npix")})
+    return h.hexdigest()[:length]
 
 
 @dataclass
@@ -74,7 +136,7 @@ class Prior:
     step
         Training steps behind the weights.
     hash
-        Checkpoint file hash, for the ``MODHASH`` provenance card.
+        :func:`model_hash` of the checkpoint, for the ``MODHASH`` provenance card.
     """
 
     model: UNet
@@ -120,6 +182,5 @@ def load_prior(path: str | os.PathLike, device: str | torch.device = "cpu") -> P
 
     Gradients still flow through the network to its input, as DPS needs.
     """
-    from ..products import file_hash
-
-    return prior_from_state(load_checkpoint(path, "cpu"), device, file_hash(path))
+    state = load_checkpoint(path, "cpu")
+    return prior_from_state(state, device, model_hash(state))

@@ -34,6 +34,8 @@ __all__ = [
     "TrainState",
     "checkpoint_state",
     "ema_update",
+    "fingerprint",
+    "fingerprint_changes",
     "new_state",
     "restore_state",
     "train",
@@ -94,15 +96,35 @@ class TrainState:
     losses: list[float]
 
 
-def fingerprint(unet: UNetConfig, schedule: Schedule, settings: TrainSettings, data: dict) -> str:
-    """Hash of everything a resumed run must share with the run that wrote the checkpoint.
+def fingerprint(
+    unet: UNetConfig, schedule: Schedule, settings: TrainSettings, data: dict
+) -> dict[str, str]:
+    """Hashes of what a resumed run must share with the run that wrote the checkpoint.
 
+    One hash per part, ``{"network", "schedule", "settings", "data"}``, so that a refused
+    resume can say what changed (:func:`fingerprint_changes`). ``data`` describes the
+    training set, its content included (:func:`kappadiff.diffusion.data.content_hash`).
     The total number of steps is excluded, so a finished training can be extended.
     """
     s = asdict(settings)
     s.pop("steps")
-    text = json.dumps([unet.to_dict(), schedule.to_dict(), s, data], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    parts = {"network": unet.to_dict(), "schedule": schedule.to_dict(), "settings": s, "data": data}
+
+    def digest(value: object) -> str:
+        text = json.dumps(value, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    return {name: digest(value) for name, value in parts.items()}
+
+
+def fingerprint_changes(stored: object, current: dict[str, str]) -> list[str]:
+    """The parts of ``current`` (a :func:`fingerprint`) that differ from a checkpoint's.
+
+    A checkpoint written before fingerprints had parts differs in all of them.
+    """
+    if not isinstance(stored, dict):
+        return list(current)
+    return [name for name, value in current.items() if stored.get(name) != value]
 
 
 def new_state(unet: UNetConfig, settings: TrainSettings, device: torch.device) -> TrainState:

@@ -29,6 +29,8 @@ from ..products import (
     ProductError,
     catalogue_identity,
     image_hdu,
+    load_npy,
+    open_fits,
     provenance,
     read_table,
     write_fits,
@@ -119,7 +121,7 @@ def cutout_spectra(
         raise ValueError("cutout_spectra: no cut-out files")
     spectra, n_bins, ell = [], None, None
     for path in cutout_files:
-        cut = np.load(path, mmap_mode="r")
+        cut = load_npy(path, mmap_mode="r")
         if cut.ndim != 4 or cut.shape[-2:] != (npix, npix):
             raise ProductError(
                 f"{path}: cut-outs of shape {cut.shape}, expected [patch, bin, {npix}, {npix}]"
@@ -156,7 +158,7 @@ def read_cutouts(cutout_files: Sequence[str | os.PathLike], n: int) -> np.ndarra
     """
     if not cutout_files:
         raise ValueError("read_cutouts: no cut-out files")
-    arrays = [np.load(path, mmap_mode="r") for path in cutout_files]
+    arrays = [load_npy(path, mmap_mode="r") for path in cutout_files]
     for path, a in zip(cutout_files, arrays, strict=True):
         if a.ndim != 4 or a.shape[1:] != arrays[0].shape[1:]:
             raise ProductError(
@@ -251,7 +253,7 @@ def read_signal_covariance(path: str | os.PathLike, n_bins: int) -> tuple[np.nda
 
 def _power_columns(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The columns of a signal power file's first table, by upper-case name."""
-    with fits.open(path, memmap=False) as hdul:
+    with open_fits(path) as hdul:
         tables = [h.name for h in hdul[1:] if isinstance(h, fits.BinTableHDU)]
     if not tables:
         raise ProductError(f"{path}: no table HDU holding the signal power")

@@ -57,6 +57,7 @@ from ..catalogue_io import (
 )
 from ..products import (
     ProductError,
+    check_values,
     image_hdu,
     provenance,
     read_healpix,
@@ -266,6 +267,7 @@ def make_mock_catalogue(
     kappa, kheader = read_healpix(kappa_path)
     if len(kappa) != DESY3_N_BINS:
         raise ProductError(f"{kappa_path}: {len(kappa)} convergence maps, expected {DESY3_N_BINS}")
+    check_values(kappa_path, "HEALPIX", kappa)
     n_eff = np.asarray(cat["n_eff"], dtype=np.float64)
     sigma_e = np.asarray(cat["sigma_e"], dtype=np.float64)
     seed = config["seed"]
@@ -439,7 +441,8 @@ def _pixelise_patches(
             raise ValueError(
                 "pixelise: truth outputs need the convergence map and one path a patch"
             )
-        kappa, kheader = read_healpix(kappa_path)
+        kappa, _ = read_healpix(kappa_path)
+        check_values(kappa_path, "HEALPIX", kappa)
         if len(kappa) != DESY3_N_BINS:
             raise ProductError(
                 f"{kappa_path}: {len(kappa)} convergence maps, expected {DESY3_N_BINS}"

@@ -21,6 +21,8 @@ from .. import footprint, sphere
 from ..products import (
     ProductError,
     atomic_output,
+    check_values,
+    load_npy,
     provenance,
     read_healpix,
     read_table,
@@ -260,7 +262,7 @@ def extract_patches(
     sky and bin) and writes ``out_path`` (.npy, float32 ``[patch, bin, row, col]``,
     memory-mappable).
     """
-    with np.load(table_path) as npz:
+    with load_npy(table_path) as npz:
         nside = int(npz["nside"])
         table = npz["table"]
         weights = npz["weights"] if "weights" in npz.files else None
@@ -270,9 +272,7 @@ def extract_patches(
             f"{kappa_path}: maps of {maps.shape[1]} pixels, but the index table "
             f"{table_path} is for nside {nside}"
         )
-    bad = ~np.isfinite(maps)
-    if bad.any():
-        raise ValueError(f"{kappa_path}: {int(bad.sum())} non-finite pixels in the maps")
+    check_values(kappa_path, "HEALPIX", maps)
     log.info(
         "%s: %d maps at nside %d -> %d patches of %d x %d px",
         kappa_path,

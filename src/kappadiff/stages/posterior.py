@@ -10,11 +10,15 @@ and writes ``results/posterior/patch_{id}.fits``: MEAN, STD, optionally SAMPLES
 Each batch draws its noise from a generator seeded by (config seed, patch id, first sample
 index, batch size), so a rerun reproduces the samples bit for bit on CPU. Finished batches
 are kept in ``<product>.partial.npz`` beside the product, so a pre-empted job resumes
-where it stopped; that file is removed once the product is written.
+where it stopped; that file is removed once the product is written. It is resumed only
+with the same data, model, seed and every sampling setting that changes a draw; with a
+lower ``sampling.n_samples`` only its batches that a fresh run would draw alike are kept,
+so the product holds exactly ``NSAMPLE`` samples, the ones a fresh run draws.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -38,6 +42,7 @@ from ..products import (
     check_same_catalogue,
     file_hash,
     image_hdu,
+    load_npy,
     provenance,
     write_fits,
 )
@@ -76,15 +81,49 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _resume_key(data_hash: str, model_hash: str, seed: int, sampling: Mapping[str, Any]) -> str:
-    """Identifies a partial run: same data, model, seed and sampling settings.
+#: Sampling settings that do not change a draw: left out of the resume key. ``n_samples``
+#: is handled by keeping the batches a run of the new count draws alike (:func:`_load_partial`).
+NOT_IN_RESUME_KEY = (
+    "patches",
+    "n_samples",
+    "save_samples",
+    "checkpoint_batches",
+    "runtime_min",
+    "mem_mb",
+)
 
-    The speed switches are left out: a job resumed with another compile mode keeps its batches.
+
+def _resume_key(
+    data_hash: str, model_hash: str, seed: int, patch_id: int, sampling: Mapping[str, Any]
+) -> str:
+    """What a partial run's draws depend on, as JSON: data, model, seed, patch and settings.
+
+    ``sampling`` is the section in effect (a tuned scaling already in ``t_bar``/``sigma_t``).
     """
-    keep = {
-        k: v for k, v in without_speed_keys(sampling).items() if k not in ("patches", "n_samples")
+    # the GPU speed switches change no draw either (kappadiff.config.SPEED_KEYS)
+    draws = {
+        k: v for k, v in without_speed_keys(sampling).items() if k not in NOT_IN_RESUME_KEY
     }
-    return f"{data_hash}:{model_hash}:{seed}:{sorted(keep.items())!r}"
+    key = {"data": data_hash, "model": model_hash, "seed": seed, "patch": patch_id}
+    return json.dumps({**key, "sampling": draws}, sort_keys=True, default=str)
+
+
+def _key_changes(stored: str, current: str) -> str:
+    """What differs between two resume keys, e.g. ``"sampling.t_bar, model"``."""
+    try:
+        old = json.loads(stored)
+    except ValueError:
+        return "settings (a partial file of an older version)"
+    new = json.loads(current)
+    was, now = old.get("sampling", {}), new["sampling"]
+    changed = [f"sampling.{k}" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+    changed += [k for k in ("data", "model", "seed", "patch") if old.get(k) != new.get(k)]
+    return ", ".join(changed) or "settings"
+
+
+def _batch_plan(n_samples: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(first sample, size)`` of each batch a run draws; each pair seeds its batch's noise."""
+    return [(f, min(batch_size, n_samples - f)) for f in range(0, n_samples, batch_size)]
 
 
 def _no_samples() -> dict[str, list[np.ndarray]]:
@@ -92,23 +131,59 @@ def _no_samples() -> dict[str, list[np.ndarray]]:
     return {"kappa": [], "chi2": [], "drift": []}
 
 
-def _load_partial(path: Path, key: str) -> dict[str, list[np.ndarray]]:
-    """The samples of a pre-empted run of the same ``key``, or none."""
+def _load_partial(
+    path: Path, key: str, plan: list[tuple[int, int]]
+) -> tuple[dict[str, list[np.ndarray]], int]:
+    """The samples of a pre-empted run with the same ``key`` that a run of ``plan`` keeps.
+
+    Those are the samples of the partial run's leading batches that are batches of ``plan``
+    too (same first sample and size, hence the same seed): after ``n_samples`` is lowered,
+    exactly the samples a fresh run draws, and none beyond them. With another key, none.
+    Returns the samples and the number of batches of ``plan`` they make.
+    """
     if not path.exists():
-        return _no_samples()
-    with np.load(path, allow_pickle=False) as z:
+        return _no_samples(), 0
+    with load_npy(path) as z:
         if str(z["key"]) != key:
-            log.warning("%s belongs to another configuration, data or model: starting afresh", path)
-            return _no_samples()
-        done = {k: list(z[k]) for k in ("kappa", "chi2", "drift")}
-    log.info("resuming from %s: %d samples already drawn", path, len(done["kappa"]))
-    return done
+            log.warning(
+                "%s was drawn with another %s: starting afresh",
+                path,
+                _key_changes(str(z["key"]), key),
+            )
+            return _no_samples(), 0
+        batches = [(int(f), int(n)) for f, n in z["batches"]]
+        alike = 0
+        while alike < min(len(batches), len(plan)) and batches[alike] == plan[alike]:
+            alike += 1
+        keep = sum(n for _, n in batches[:alike])
+        done = {k: list(z[k][:keep]) for k in ("kappa", "chi2", "drift")}
+    if alike < len(batches):
+        log.info(
+            "%s holds %d samples; keeping the first %d, those a run of %d samples draws alike",
+            path,
+            sum(n for _, n in batches),
+            keep,
+            sum(n for _, n in plan),
+        )
+    log.info("resuming from %s: %d samples already drawn", path, keep)
+    return done, alike
 
 
-def _save_partial(path: Path, key: str, done: Mapping[str, list[np.ndarray]]) -> None:
+def _save_partial(
+    path: Path,
+    key: str,
+    done: Mapping[str, list[np.ndarray]],
+    batches: list[tuple[int, int]],
+) -> None:
+    """Keep the finished batches (their samples and ``(first, size)``) for a resume."""
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, key=np.asarray(key), **{k: np.stack(v) for k, v in done.items()})
+            np.savez(
+                f,
+                key=np.asarray(key),
+                batches=np.asarray(batches, dtype=np.int64).reshape(-1, 2),
+                **{k: np.stack(v) for k, v in done.items()},
+            )
 
 
 def _samples_hdu(samples: np.ndarray, wcs: fits.Header, storage: str) -> fits.ImageHDU:
@@ -217,10 +292,13 @@ def sample_patch(
     seed = posterior_seed(config["seed"], patch_id)
     model_hash = prior.hash
     partial = output_path.with_name(output_path.name + ".partial.npz")
-    key = _resume_key(file_hash(data_path), model_hash, config["seed"], s)
-    done = _load_partial(partial, key) if s["checkpoint_batches"] else _no_samples()
-
+    key = _resume_key(file_hash(data_path), model_hash, config["seed"], int(patch_id), s)
     n_samples, batch = int(s["n_samples"]), int(s["batch_size"])
+    plan = _batch_plan(n_samples, batch)
+    done, n_resumed = _no_samples(), 0
+    if s["checkpoint_batches"]:
+        done, n_resumed = _load_partial(partial, key, plan)
+
     log.info(
         "patch %d: %d samples in batches of %d, %d steps (NFE), device %s, %s",
         patch_id,
@@ -230,9 +308,7 @@ def sample_patch(
         device,
         s["precision"],
     )
-    while len(done["kappa"]) < n_samples:
-        first = len(done["kappa"])
-        size = min(batch, n_samples - first)
+    for i, (first, size) in enumerate(plan[n_resumed:], start=n_resumed):
         generator = torch.Generator(device=device).manual_seed(
             posterior_seed(config["seed"], patch_id, first, size)
         )
@@ -263,8 +339,8 @@ def sample_patch(
             time.perf_counter() - t0,
             np.round(c2.mean(0).cpu().numpy() / data.dof.cpu().numpy(), 3).tolist(),
         )
-        if s["checkpoint_batches"] and len(done["kappa"]) < n_samples:
-            _save_partial(partial, key, done)
+        if s["checkpoint_batches"] and i + 1 < len(plan):
+            _save_partial(partial, key, done, plan[: i + 1])
 
     samples = np.stack(done["kappa"])  # [sample, bin, row, col]
     chi2_dof = np.stack(done["chi2"]) / data.dof.cpu().numpy()  # [sample, bin]

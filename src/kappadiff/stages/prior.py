@@ -30,6 +30,7 @@ from ..diffusion.checkpoint import Prior, load_checkpoint, prior_from_state, sav
 from ..diffusion.data import (
     CutoutSet,
     Normalisation,
+    content_hash,
     fit_normalisation,
     open_cutouts,
     split_holdout,
@@ -41,6 +42,7 @@ from ..diffusion.train import (
     TrainSettings,
     checkpoint_state,
     fingerprint,
+    fingerprint_changes,
     new_state,
     restore_state,
     train,
@@ -52,6 +54,14 @@ from ..seeding import derive_seed
 __all__ = ["draw_prior_samples", "settings_from_config", "train_prior"]
 
 log = logging.getLogger(__name__)
+
+#: What each part of a checkpoint's fingerprint stands for, to say why it is not resumed.
+FINGERPRINT_PARTS = {
+    "network": "network (UNet config)",
+    "schedule": "noise schedule",
+    "settings": "training settings",
+    "data": "training set (cut-out files, counts or content, normalisation or hold-out)",
+}
 
 
 def settings_from_config(config: Mapping[str, Any]) -> tuple[UNetConfig, Any, TrainSettings]:
@@ -222,6 +232,7 @@ def _train(args: dict, device: torch.device) -> None:
     data_info = {
         "files": [Path(c).name for c in args["cutouts"]],
         "counts": counts,
+        "content": content_hash(arrays),
         "normalisation": p["normalisation"],
         "log_shift_factor": p["log_shift_factor"],
         "holdout_fraction": p["holdout_fraction"],
@@ -232,12 +243,24 @@ def _train(args: dict, device: torch.device) -> None:
     state = None
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
-        if ckpt.get("fingerprint") == fp and int(ckpt["step"]) <= settings.steps:
+        changed = fingerprint_changes(ckpt.get("fingerprint"), fp)
+        if changed:
+            log.warning(
+                "%s was made with another %s: training afresh",
+                ckpt_path,
+                ", another ".join(FINGERPRINT_PARTS[c] for c in changed),
+            )
+        elif int(ckpt["step"]) > settings.steps:
+            log.warning(
+                "%s is at step %d, beyond prior.train_steps = %d: training afresh",
+                ckpt_path,
+                int(ckpt["step"]),
+                settings.steps,
+            )
+        else:
             state = restore_state(ckpt, settings, device)
             normalisation = Normalisation.from_dict(ckpt["normalisation"])
             log.info("resuming from %s at step %d", ckpt_path, state.step)
-        else:
-            log.info("%s is from another configuration: training afresh", ckpt_path)
     if state is None:
         normalisation = fit_normalisation(
             arrays, p["normalisation"], p["log_shift_factor"], names=args["cutouts"]

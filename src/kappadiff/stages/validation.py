@@ -37,6 +37,7 @@ from ..products import (
     catalogue_identity,
     check_same_catalogue,
     image_hdu,
+    open_fits,
     provenance,
     read_healpix,
     read_images,
@@ -1355,7 +1356,7 @@ def read_cluster_catalogue(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     from astropy.io import fits
 
-    with fits.open(path, memmap=False) as hdul:
+    with open_fits(path) as hdul:
         tables = [h for h in hdul if isinstance(h, fits.BinTableHDU)]
         if not tables:
             raise ProductError(f"{path}: no table extension")
