@@ -134,6 +134,34 @@ def test_desy3_reader_errors(tmp_path, rng):
         list(io.iter_desy3_catalogue(files))
 
 
+@pytest.mark.parametrize("size", [0, 1000, "half"])
+def test_truncated_desy3_file_is_named(tmp_path, rng, size):
+    # h5py's own message ("truncated file: eof = 1000 ...") names no file
+    files, *_ = _des_files(tmp_path, rng, n=2000)
+    with open(files.metacal, "r+b") as f:
+        f.truncate(f.seek(0, 2) // 2 if size == "half" else size)
+    with pytest.raises(
+        CatalogueError, match=r"mcal.h5: cannot open the DES-Y3 metacal file as HDF5 \("
+    ):
+        list(io.iter_desy3_catalogue(files))
+
+
+def test_corrupt_desy3_chunk_names_file_and_dataset(tmp_path, rng):
+    # the released files are chunked and compressed: a damaged chunk fails on reading
+    files, cols, *_ = _des_files(tmp_path, rng, n=2000)
+    with h5py.File(files.metacal, "r+") as f:
+        del f["catalog/unsheared/e_2"]
+        ds = f.create_dataset(
+            "catalog/unsheared/e_2", data=cols["e2"], chunks=(500,), compression="gzip"
+        )
+        offset = ds.id.get_chunk_info(1).byte_offset
+    with open(files.metacal, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * 64)
+    with pytest.raises(CatalogueError, match=r"mcal.h5: cannot read '/catalog/unsheared/e_2' \("):
+        list(io.iter_desy3_catalogue(files))
+
+
 def _write_plain_fits(path, n, rng, ra_scale=1.0, **extra):
     data = np.zeros(
         n,
@@ -183,6 +211,23 @@ def test_fits_reader_column_map_chunks_and_errors(tmp_path, rng):
     _write_plain_fits(empty, 0, rng)
     with pytest.raises(CatalogueError, match="empty.fits: the catalogue table is empty"):
         list(io.iter_fits_catalogue(empty, COLMAP))
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        (0, r"cannot open the catalogue as FITS \("),
+        ("half", r"cannot read rows \d+\.\.\d+ of columns \['RA_DEG', 'DEC_DEG', "),
+    ],
+)
+def test_truncated_fits_catalogue_is_named(tmp_path, rng, size, message):
+    # fitsio names the file in some of its messages, not in a read past the end of the data
+    path = tmp_path / "cut.fits"
+    _write_plain_fits(path, 2500, rng)
+    with open(path, "r+b") as f:
+        f.truncate(f.seek(0, 2) // 2 if size == "half" else size)
+    with pytest.raises(CatalogueError, match=f"cut.fits: {message}"):
+        list(io.iter_fits_catalogue(path, COLMAP, chunk_size=1000))
 
 
 def test_fits_catalogue_writer_streams_and_keeps_truth(tmp_path, rng):
