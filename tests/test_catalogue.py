@@ -61,6 +61,49 @@ def test_quality_cuts_rejects_bins_out_of_range():
         C.quality_cuts(bad, 4, 1.0, where="mycat")
 
 
+def _with_bins(chunk, bins):
+    return C.GalaxyChunk(chunk.ra, chunk.dec, chunk.e1, chunk.e2, chunk.weight, bins)
+
+
+def test_bad_bins_are_counted_over_the_whole_catalogue():
+    # 5 rows in bin 7, two in the first chunk and three in the third: the error gives the
+    # catalogue's count (a per-chunk count said 2)
+    rng = np.random.default_rng(2)
+    chunks = [_chunk(rng, 100) for _ in range(3)]
+    b0, b2 = chunks[0].bin.copy(), chunks[2].bin.copy()
+    b0[[3, 50]] = 7
+    b2[[0, 1, 99]] = 7
+    chunks[0], chunks[2] = _with_bins(chunks[0], b0), _with_bins(chunks[2], b2)
+    with pytest.raises(
+        C.CatalogueError,
+        match=r"mycat: column 'bin' has 5 values outside -1\.\.3 \(e\.g\. \[7\]\) in 300 rows read",
+    ):
+        list(C.pixelise_catalogue(lambda: chunks, _grid(), 4, where="mycat"))
+
+
+def test_non_integer_bins_are_an_error_integral_floats_pass():
+    rng = np.random.default_rng(3)
+    chunk = _chunk(rng, 2000, ra=(22, 42), dec=(-38, -22))
+    grid = _grid()
+    as_int = [m for _, m, _ in C.pixelise_catalogue(lambda: [chunk], grid, 4)]
+    # 2.0 is bin 2: the same maps as the integer column
+    floats = _with_bins(chunk, chunk.bin.astype(np.float64))
+    as_float = [m for _, m, _ in C.pixelise_catalogue(lambda: [floats], grid, 4)]
+    for a, b in zip(as_int, as_float, strict=True):
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+    # 2.7 was cast to bin 2 without a word
+    fractional = floats.bin.copy()
+    fractional[[5, 6, 7]] = [2.7, 0.5, 2.7]
+    with pytest.raises(
+        C.CatalogueError,
+        match=r"cat: column 'bin' has 3 values that are not integers \(e\.g\. \[0\.5, 2\.7\]\)",
+    ):
+        list(C.pixelise_catalogue(lambda: [_with_bins(chunk, fractional)], grid, 4, where="cat"))
+    with pytest.raises(C.CatalogueError, match="not integers"):
+        C.quality_cuts(_with_bins(chunk, fractional), 4, 1.0)
+
+
 def test_radians_are_refused():
     rng = np.random.default_rng(1)
     ra, dec = rng.uniform(0.3, 1.2, 500), rng.uniform(-1.0, -0.2, 500)

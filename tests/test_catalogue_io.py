@@ -134,6 +134,38 @@ def test_desy3_reader_errors(tmp_path, rng):
         list(io.iter_desy3_catalogue(files))
 
 
+def test_desy3_sheared_bins_counted_over_the_selection(tmp_path, rng):
+    files, cols, sheared, select = _des_files(tmp_path, rng, n=3000)
+    bhat = sheared["1p"]["bin"].copy()
+    rows = select["_1p"]
+    bhat[rows[[0, 1, -3, -2, -1]]] = 9  # in the first and the last chunk of 700 rows
+    sheared["1p"] = {**sheared["1p"], "bin": bhat}
+    io.write_desy3_catalogue(files, cols, sheared, select)
+    with pytest.raises(
+        CatalogueError,
+        match=r"sompz.h5: column 'catalog/sompz/sheared_1p/bhat' has 5 values outside -1\.\.3",
+    ):
+        io.desy3_response_sums(files, N_BINS, e_max=1.0, chunk_size=700)
+
+
+def test_float_bin_column_of_a_fits_catalogue(tmp_path, rng):
+    path = tmp_path / "cat.fits"
+    data = _write_plain_fits(path, 1500, rng)
+    zbin = data["ZBIN"].astype("f4")
+    zbin[[10, 1200]] = 2.7
+    fitsio.write(
+        str(path),
+        {"ZBIN": zbin, **{k: data[k] for k in COLMAP.values() if k != "ZBIN"}},
+        clobber=True,
+    )
+    chunks = io.iter_fits_catalogue(path, COLMAP, chunk_size=1000)
+    with pytest.raises(
+        CatalogueError,
+        match=r"cat.fits: column 'bin' has 2 values that are not integers \(e\.g\. \[2\.7",
+    ):
+        io.fits_response_sums(chunks, N_BINS, 1.0, str(path))
+
+
 @pytest.mark.parametrize("size", [0, 1000, "half"])
 def test_truncated_desy3_file_is_named(tmp_path, rng, size):
     # h5py's own message ("truncated file: eof = 1000 ...") names no file

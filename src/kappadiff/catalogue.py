@@ -28,6 +28,7 @@ __all__ = [
     "REJECTION_REASONS",
     "SHEARED_SELECTIONS",
     "Accounting",
+    "BinErrors",
     "Calibration",
     "CatalogueError",
     "GalaxyChunk",
@@ -46,6 +47,7 @@ __all__ = [
     "patch_groups",
     "patch_lookup",
     "pixelise_catalogue",
+    "quality_cut_chunks",
     "quality_cuts",
     "record_budget",
     "shear_at_positions",
@@ -181,7 +183,7 @@ def check_radians(ra: np.ndarray, dec: np.ndarray, where: str, min_rows: int = 1
 @numba.njit(cache=True, nogil=True)
 def _cuts_kernel(ra, dec, e1, e2, w, bins, finite, n_bins, e_max, keep):
     """:func:`quality_cuts` in one sweep: fills ``keep``, returns the counts by reason and
-    the number of finite rows whose bin is outside ``[-1, n_bins - 1]``.
+    the number of finite rows whose bin is outside ``[-1, n_bins - 1]`` or not an integer.
 
     ``finite`` is False where a column tested outside (float bins, responses) is not finite.
     """
@@ -201,7 +203,7 @@ def _cuts_kernel(ra, dec, e1, e2, w, bins, finite, n_bins, e_max, keep):
             n_nonfinite += 1
             continue
         b = bins[i]
-        if b < -1 or b >= n_bins:
+        if b < -1 or b >= n_bins or b != math.floor(b):
             n_bad += 1
             continue
         if b < 0:
@@ -215,6 +217,98 @@ def _cuts_kernel(ra, dec, e1, e2, w, bins, finite, n_bins, e_max, keep):
     return n_nonfinite, n_bin, n_weight, n_ell, n_bad
 
 
+@dataclass
+class BinErrors:
+    """Tomographic bin values that are errors, counted over a whole catalogue.
+
+    A bin must be an integer in ``[-1, n_bins - 1]`` (integral floats such as 2.0 pass);
+    :func:`quality_cut_chunks` counts the others chunk by chunk and raises once the
+    catalogue is read, so that the error gives the catalogue's count, not a chunk's.
+    """
+
+    n_bins: int
+    column: str = "bin"
+    rows: int = 0
+    outside: int = 0
+    fractional: int = 0
+    examples: dict[str, np.ndarray] = field(
+        default_factory=lambda: {"outside": np.empty(0), "fractional": np.empty(0)}
+    )
+
+    def add(self, values: np.ndarray) -> None:
+        """Count bad bin ``values`` (finite values that fail the test) and keep examples."""
+        values = np.asarray(values, dtype=np.float64)
+        fractional = values != np.floor(values)
+        for kind, sel in (("outside", ~fractional), ("fractional", fractional)):
+            setattr(self, kind, getattr(self, kind) + int(sel.sum()))
+            self.examples[kind] = np.unique(np.r_[self.examples[kind], values[sel]])[:5]
+
+    def check(self, where: str) -> None:
+        """Raise :class:`CatalogueError` naming the counts, if any value was bad."""
+        parts = []
+        if self.outside:
+            parts.append(
+                f"{self.outside} values outside -1..{self.n_bins - 1} "
+                f"(e.g. {self._examples('outside')})"
+            )
+        if self.fractional:
+            parts.append(
+                f"{self.fractional} values that are not integers "
+                f"(e.g. {self._examples('fractional')})"
+            )
+        if parts:
+            raise CatalogueError(
+                f"{where}: column '{self.column}' has {' and '.join(parts)} "
+                f"in {self.rows} rows read; tomographic bins are integers 0..{self.n_bins - 1}, "
+                "-1 for none"
+            )
+
+    def _examples(self, kind: str) -> list[float | int]:
+        return [int(v) if v == int(v) else float(v) for v in self.examples[kind]]
+
+
+def _cut_chunk(
+    chunk: GalaxyChunk, n_bins: int, e_max: float, bad: BinErrors
+) -> tuple[np.ndarray, dict[str, int]]:
+    """:func:`quality_cuts` of one chunk, its bad bin values added to ``bad``."""
+    bins = np.asarray(chunk.bin)
+    # float bins and responses can be non-finite too: tested here, the rest in the kernel
+    finite = np.ones(len(chunk), dtype=np.bool_)
+    if bins.dtype.kind == "f":
+        finite &= np.isfinite(bins)
+    if chunk.response is not None:
+        r = chunk.response.reshape(len(chunk), -1)
+        finite &= np.isfinite(r).all(axis=1)
+    keep = np.empty(len(chunk), dtype=np.bool_)
+    columns = [np.asarray(getattr(chunk, k)) for k in ("ra", "dec", "e1", "e2", "weight")]
+    *rejected, n_bad = _cuts_kernel(*columns, bins, finite, n_bins, float(e_max), keep)
+    bad.rows += len(chunk)
+    if n_bad:
+        # the rows the kernel tested and found bad (rare: the error path)
+        tested = finite & np.logical_and.reduce([np.isfinite(c) for c in columns])
+        with np.errstate(invalid="ignore"):
+            wrong = (bins < -1) | (bins >= n_bins) | (bins != np.floor(bins))
+        bad.add(bins[tested & wrong])
+    counts = dict(zip(("nonfinite", "bin", "weight", "ellipticity"), rejected, strict=True))
+    return keep, counts
+
+
+def quality_cut_chunks(
+    chunks: Iterable[GalaxyChunk], n_bins: int, e_max: float, where: str = "catalogue"
+) -> Iterator[tuple[GalaxyChunk, np.ndarray, dict[str, int]]]:
+    """Each chunk of a catalogue with its :func:`quality_cuts` ``(keep, counts)``.
+
+    Bin values that are not integers in ``[-1, n_bins - 1]`` are never kept; they are
+    counted over the whole catalogue and raised (:class:`CatalogueError`, with the counts
+    and examples) after its last chunk.
+    """
+    bad = BinErrors(n_bins)
+    for chunk in chunks:
+        keep, counts = _cut_chunk(chunk, n_bins, e_max, bad)
+        yield chunk, keep, counts
+    bad.check(where)
+
+
 def quality_cuts(
     chunk: GalaxyChunk, n_bins: int, e_max: float, where: str = "catalogue"
 ) -> tuple[np.ndarray, dict[str, int]]:
@@ -225,7 +319,7 @@ def quality_cuts(
     chunk
         Galaxies to test.
     n_bins
-        Number of tomographic bins; bins must be in ``[-1, n_bins - 1]``.
+        Number of tomographic bins; bins must be integers in ``[-1, n_bins - 1]``.
     e_max
         Galaxies with ``|e| = sqrt(e1^2 + e2^2) >= e_max`` are rejected (``e_max <= 1``).
     where
@@ -242,34 +336,9 @@ def quality_cuts(
     Raises
     ------
     CatalogueError
-        Bins outside ``[-1, n_bins - 1]`` (named with their count).
+        Bins outside ``[-1, n_bins - 1]`` or not integers (named with their count).
     """
-    bins = np.asarray(chunk.bin)
-    # float bins and responses can be non-finite too: tested here, the rest in the kernel
-    finite = np.ones(len(chunk), dtype=np.bool_)
-    if bins.dtype.kind == "f":
-        finite &= np.isfinite(bins)
-    if chunk.response is not None:
-        r = chunk.response.reshape(len(chunk), -1)
-        finite &= np.isfinite(r).all(axis=1)
-    keep = np.empty(len(chunk), dtype=np.bool_)
-    *rejected, n_bad = _cuts_kernel(
-        *(np.asarray(getattr(chunk, k)) for k in ("ra", "dec", "e1", "e2", "weight")),
-        bins,
-        finite,
-        n_bins,
-        float(e_max),
-        keep,
-    )
-    if n_bad:
-        with np.errstate(invalid="ignore"):
-            bad = finite & np.isfinite(chunk.ra) & ((bins < -1) | (bins >= n_bins))
-        values = np.unique(bins[bad])[:5]
-        raise CatalogueError(
-            f"{where}: column 'bin' has {n_bad} values outside -1..{n_bins - 1} "
-            f"(e.g. {values.tolist()})"
-        )
-    counts = dict(zip(("nonfinite", "bin", "weight", "ellipticity"), rejected, strict=True))
+    ((_, keep, counts),) = quality_cut_chunks([chunk], n_bins, e_max, where)
     return keep, counts
 
 
@@ -1124,8 +1193,7 @@ def pixelise_catalogue(
             acc.clear()
             slot, n_slots = to_slot(group), len(group)
             band = _dec_band(grid.subset(group))
-        for chunk in chunks():
-            keep, counts = quality_cuts(chunk, n_bins, e_max, where)
+        for chunk, keep, counts in quality_cut_chunks(chunks(), n_bins, e_max, where):
             if band is not None:
                 # later passes: galaxies outside the group's Dec band are in none of its
                 # patches, so they skip the projection

@@ -29,7 +29,7 @@ from ..catalogue import (
     occupancy_mask,
     patch_lookup,
     pixelise_catalogue,
-    quality_cuts,
+    quality_cut_chunks,
     shear_at_positions,
 )
 from ..catalogue_io import (
@@ -442,8 +442,8 @@ def catalogue_footprint(
     inputs = {k: _single(inputs[k]) for k in (*_DESY3_KEYS, "fits") if _single(inputs.get(k))}
     chunks, where = _chunk_source(config, inputs)
     counts = np.zeros(hp.nside2npix(nside), dtype=np.int64)
-    for chunk in chunks():
-        keep, _ = quality_cuts(chunk, DESY3_N_BINS, cat["e_max"], os.fspath(where))
+    cuts = quality_cut_chunks(chunks(), DESY3_N_BINS, cat["e_max"], os.fspath(where))
+    for chunk, keep, _ in cuts:
         counts += occupancy_mask(nside, chunk.ra[keep], chunk.dec[keep])
     inside = counts > 0
     area = inside.sum() * hp.nside2pixarea(nside, degrees=True)
