@@ -267,6 +267,39 @@ def test_pixelise_matches_brute_force_and_reconciles(rng):
     assert out[3][0]["MASK"].sum() == 0 and out[3][0]["NGAL"].sum() == 0
 
 
+def test_duplicate_rows_used_are_counted_across_chunks(rng):
+    grid = _grid()
+    first = _chunk(rng, 500, ra=(26, 37), dec=(-34, -26))
+    again = np.arange(0, 40, 2)  # 20 rows repeated in a later chunk, some outside every patch
+    inside = C.first_containing_patch(first.ra[again], first.dec[again], grid, C.patch_lookup(grid))
+    assert 0 < (inside >= 0).sum() < again.size
+    # a used row with e2 = 0.0 repeated with e2 = -0.0: equal values, the same galaxy
+    k = int(np.flatnonzero(inside >= 0)[0])
+    e2 = first.e2.copy()
+    e2[again[k]] = 0.0
+    first = C.GalaxyChunk(first.ra, first.dec, first.e1, e2, first.weight, first.bin)
+    e2_again = e2[again]
+    e2_again[k] = -0.0
+    # the weight plays no part: the same position and shape is the same galaxy
+    second = C.GalaxyChunk(
+        first.ra[again],
+        first.dec[again],
+        first.e1[again],
+        e2_again,
+        2 * first.weight[again],
+        first.bin[again],
+    )
+    chunks = [first, _chunk(rng, 300, ra=(26, 37), dec=(-34, -26)), second]
+    _, _, acct = next(C.pixelise_catalogue(lambda: chunks, grid, 4))
+    assert acct.duplicates == (inside >= 0).sum()
+    assert acct.header()["NDUP"] == acct.duplicates
+    acct.reconcile()
+    # a wrong count (more duplicates than galaxies used) does not reconcile
+    acct.duplicates = acct.used
+    with pytest.raises(C.CatalogueError, match="duplicates"):
+        acct.reconcile()
+
+
 def test_patch_groups_give_the_same_maps(rng):
     grid = _grid()
     chunks = [_chunk(rng, 4000, ra=(22, 42), dec=(-38, -22))]

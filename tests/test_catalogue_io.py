@@ -346,6 +346,107 @@ def test_mock_and_pixelise_stage(test_config, tmp_path, mock_format):
     assert occ.sum() == n_mock - h["REJNAN"] - h["REJBIN"] - h["REJWGT"] - h["REJELL"]
 
 
+def _fits_catalogue_stage(config, tmp_path):
+    """The test layout and a FITS-catalogue configuration; returns (config, layout, table)."""
+    from kappadiff.products import read_table
+    from kappadiff.stages.layout import write_footprint_layout
+
+    layout = tmp_path / "results" / "layout" / "footprint.fits"
+    write_footprint_layout(config, layout)
+    config["catalogue"]["source"] = "fits"
+    config["catalogue"]["fits"]["path"] = str(tmp_path / "cat.fits")
+    return config, layout, read_table(layout)[0]
+
+
+def _galaxies_near(table, ids, rng, n=2000, half_deg=1.0):
+    """Catalogue columns of ``n`` galaxies a patch within ``half_deg`` of the patch centres."""
+    ra0, dec0 = np.repeat(table["ra"][ids], n), np.repeat(table["dec"][ids], n)
+    m = ra0.size
+    return {
+        "ra": ra0 + rng.uniform(-half_deg, half_deg, m) / np.cos(np.radians(dec0)),
+        "dec": dec0 + rng.uniform(-half_deg, half_deg, m),
+        "e1": rng.normal(0, 0.2, m),
+        "e2": rng.normal(0, 0.2, m),
+        "weight": np.ones(m),
+        "bin": rng.integers(0, N_BINS, m),
+    }
+
+
+def _pixelise_fits(config, layout, columns, ids, tmp_path):
+    from kappadiff.stages import catalogue as stage
+
+    io.write_fits_catalogue(config["catalogue"]["fits"]["path"], [columns])
+    data = [str(tmp_path / "results" / "data" / f"patch_{i:04d}.fits") for i in ids]
+    inputs = {"fits": config["catalogue"]["fits"]["path"], "layout": str(layout)}
+    stage.pixelise(config, inputs, ids, data)
+    return data
+
+
+@pytest.mark.parametrize("case", ["elsewhere", "radians-declared"])
+def test_pixelise_refuses_a_catalogue_in_no_patch(test_config, tmp_path, rng, case):
+    # a catalogue 90 deg away, or in degrees declared as radians, put no galaxy in any
+    # patch: pixelise wrote every patch fully masked (NUSED = 0) with exit 0
+    config, layout, table = _fits_catalogue_stage(test_config, tmp_path)
+    cols = _galaxies_near(table, [0, 1], rng)
+    if case == "elsewhere":
+        cols["ra"] = (cols["ra"] + 90.0) % 360.0
+        cause = r"its 4000 galaxies span RA .* deg: check that layout.footprint is the catalogue"
+    else:
+        config["catalogue"]["fits"]["radec_units"] = "rad"
+        cause = r"its 4000 galaxies span .* deg: beyond \|Dec\| <= 90 deg, so not degrees: check "
+        cause += r"catalogue.fits.radec_units"
+    centre = f"0 \\({table['ra'][0]:.1f}, {table['dec'][0]:.1f}\\)"
+    with pytest.raises(
+        CatalogueError,
+        match=rf"cat.fits: no galaxy falls in any of the 2 configured data patches .*{centre}.*; "
+        + cause,
+    ):
+        _pixelise_fits(config, layout, cols, [0, 1], tmp_path)
+    assert not (tmp_path / "results" / "data").exists()  # stopped before any patch
+
+
+def test_pixelise_names_an_empty_patch_among_others(test_config, tmp_path, rng):
+    config, layout, table = _fits_catalogue_stage(test_config, tmp_path)
+    # the patch farthest from patch 0 gets no galaxy
+    v = hp.ang2vec(table["ra"], table["dec"], lonlat=True)
+    far = int(np.argmin(v @ v[0]))
+    with pytest.raises(
+        CatalogueError,
+        match=rf"data patches \[{far}\] hold no observed pixel in any bin: no galaxy falls in "
+        rf"\[{far}\] .*\. patches \[0\] have data",
+    ):
+        _pixelise_fits(config, layout, _galaxies_near(table, [0], rng), [0, far], tmp_path)
+    data = tmp_path / "results" / "data"
+    assert (data / "patch_0000.fits").exists() and not (data / f"patch_{far:04d}.fits").exists()
+
+
+def test_pixelise_counts_duplicate_rows(test_config, tmp_path, rng):
+    config, layout, table = _fits_catalogue_stage(test_config, tmp_path)
+    cols = _galaxies_near(table, [0, 1], rng)
+    n = cols["ra"].size
+    far = _galaxies_near(table, [0], rng, n=3)
+    far["ra"] = (far["ra"] + 90.0) % 360.0  # outside every patch
+    # 10 used rows repeated (one of them twice), and 3 outside rows repeated: 11 duplicates used
+    again = np.r_[np.arange(10), 0]
+    cols = {
+        k: np.concatenate([cols[k], far[k], cols[k][again], far[k]]).astype(cols[k].dtype)
+        for k in cols
+    }
+    # only the weight differs: still the same galaxy (same ra, dec, e1, e2)
+    cols["weight"][-4] = 2.0
+    data = _pixelise_fits(config, layout, cols, [0, 1], tmp_path)
+    h = fits.getheader(data[0])
+    assert h["NDUP"] == 11
+    assert h["NREAD"] == n + 17 and h["REJOUT"] == 6 and h["NUSED"] == n + 11
+    rejected = sum(h[k] for k in ("REJNAN", "REJBIN", "REJWGT", "REJELL", "REJOUT"))
+    assert h["NREAD"] == h["NUSED"] + rejected
+    config["catalogue"]["duplicates"] = "error"
+    with pytest.raises(
+        CatalogueError, match=rf"cat.fits: 11 of the {n + 11} galaxies used repeat an earlier row"
+    ):
+        _pixelise_fits(config, layout, cols, [0, 1], tmp_path)
+
+
 # --------------------------------------------------------------------------- data patches
 
 
