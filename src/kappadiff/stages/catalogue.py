@@ -342,8 +342,8 @@ def _no_data_message(
     chunks: Callable[[], Iterable[GalaxyChunk]], grid: PatchGrid, ids: np.ndarray, where: str
 ) -> str:
     return (
-        f"{where}: no galaxy falls in any of the {len(ids)} configured data patches "
-        f"(id (RA, Dec) of the centres in deg: {_centres(grid, ids, ids.tolist())}); "
+        f"{where}: no galaxy falls in any configured data patch ({len(ids)}; id (RA, Dec) "
+        f"of the centres in deg: {_centres(grid, ids, ids.tolist())}); "
         f"{_extent(chunks)}"
     )
 
