@@ -114,6 +114,30 @@ def test_ks_and_wiener_patch_products(tmp_path, rng):
     assert all(h[f"WFRES{b + 1}"] <= 1e-6 for b in range(NBIN))
 
 
+@pytest.mark.parametrize("method", ["ks", "wiener", "wiener_tomo"])
+def test_baselines_refuse_a_patch_with_no_observed_pixel(tmp_path, rng, method):
+    # every pixel masked: the maps were kappa = 0, written with exit 0
+    config = _config(tmp_path)
+    data = tmp_path / "patch_0005.fits"
+    zeros = np.zeros((NBIN, N, N))
+    _write_patch(data, rng, G1=zeros, G2=zeros, SIGMA=zeros, MASK=zeros, NGAL=zeros)
+    power = tmp_path / "power.fits"
+    cols = {"ELL": ELL, **{f"CL_BIN{b + 1}": CL for b in range(NBIN)}}
+    cols.update(
+        {baselines.cross_column(i, j): 0 * CL for i in range(NBIN) for j in range(i + 1, NBIN)}
+    )
+    write_table(power, cols, name="POWER")
+    out = tmp_path / "out.fits"
+    with pytest.raises(ProductError, match=r"patch_0005.fits: no observed pixel in any bin"):
+        if method == "ks":
+            baselines.kaiser_squires_patch_file(data, out, config)
+        else:
+            baselines.wiener_patch_file(
+                data, power, out, config, tomographic=method == "wiener_tomo"
+            )
+    assert not out.exists()
+
+
 def test_signal_power_has_the_cross_spectra(tmp_path, rng):
     cut = _fields(rng, 12)
     cut[:, 1] = 2.0 * cut[:, 0]  # bin 2 is twice bin 1: C_12 = 2 C_11, C_22 = 4 C_11

@@ -61,6 +61,49 @@ def test_quality_cuts_rejects_bins_out_of_range():
         C.quality_cuts(bad, 4, 1.0, where="mycat")
 
 
+def _with_bins(chunk, bins):
+    return C.GalaxyChunk(chunk.ra, chunk.dec, chunk.e1, chunk.e2, chunk.weight, bins)
+
+
+def test_bad_bins_are_counted_over_the_whole_catalogue():
+    # 5 rows in bin 7, two in the first chunk and three in the third: the error gives the
+    # catalogue's count (a per-chunk count said 2)
+    rng = np.random.default_rng(2)
+    chunks = [_chunk(rng, 100) for _ in range(3)]
+    b0, b2 = chunks[0].bin.copy(), chunks[2].bin.copy()
+    b0[[3, 50]] = 7
+    b2[[0, 1, 99]] = 7
+    chunks[0], chunks[2] = _with_bins(chunks[0], b0), _with_bins(chunks[2], b2)
+    with pytest.raises(
+        C.CatalogueError,
+        match=r"mycat: column 'bin' has 5 values outside -1\.\.3 \(e\.g\. \[7\]\) in 300 rows read",
+    ):
+        list(C.pixelise_catalogue(lambda: chunks, _grid(), 4, where="mycat"))
+
+
+def test_non_integer_bins_are_an_error_integral_floats_pass():
+    rng = np.random.default_rng(3)
+    chunk = _chunk(rng, 2000, ra=(22, 42), dec=(-38, -22))
+    grid = _grid()
+    as_int = [m for _, m, _ in C.pixelise_catalogue(lambda: [chunk], grid, 4)]
+    # 2.0 is bin 2: the same maps as the integer column
+    floats = _with_bins(chunk, chunk.bin.astype(np.float64))
+    as_float = [m for _, m, _ in C.pixelise_catalogue(lambda: [floats], grid, 4)]
+    for a, b in zip(as_int, as_float, strict=True):
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+    # 2.7 was cast to bin 2 without a word
+    fractional = floats.bin.copy()
+    fractional[[5, 6, 7]] = [2.7, 0.5, 2.7]
+    with pytest.raises(
+        C.CatalogueError,
+        match=r"cat: column 'bin' has 3 values that are not integers \(e\.g\. \[0\.5, 2\.7\]\)",
+    ):
+        list(C.pixelise_catalogue(lambda: [_with_bins(chunk, fractional)], grid, 4, where="cat"))
+    with pytest.raises(C.CatalogueError, match="not integers"):
+        C.quality_cuts(_with_bins(chunk, fractional), 4, 1.0)
+
+
 def test_radians_are_refused():
     rng = np.random.default_rng(1)
     ra, dec = rng.uniform(0.3, 1.2, 500), rng.uniform(-1.0, -0.2, 500)
@@ -222,6 +265,39 @@ def test_pixelise_matches_brute_force_and_reconciles(rng):
         assert np.all(maps["SIGMA"][~obs] == 0) and np.all(maps["G1"][~obs] == 0)
     # the empty patch near the pole is fully masked, not an error
     assert out[3][0]["MASK"].sum() == 0 and out[3][0]["NGAL"].sum() == 0
+
+
+def test_duplicate_rows_used_are_counted_across_chunks(rng):
+    grid = _grid()
+    first = _chunk(rng, 500, ra=(26, 37), dec=(-34, -26))
+    again = np.arange(0, 40, 2)  # 20 rows repeated in a later chunk, some outside every patch
+    inside = C.first_containing_patch(first.ra[again], first.dec[again], grid, C.patch_lookup(grid))
+    assert 0 < (inside >= 0).sum() < again.size
+    # a used row with e2 = 0.0 repeated with e2 = -0.0: equal values, the same galaxy
+    k = int(np.flatnonzero(inside >= 0)[0])
+    e2 = first.e2.copy()
+    e2[again[k]] = 0.0
+    first = C.GalaxyChunk(first.ra, first.dec, first.e1, e2, first.weight, first.bin)
+    e2_again = e2[again]
+    e2_again[k] = -0.0
+    # the weight plays no part: the same position and shape is the same galaxy
+    second = C.GalaxyChunk(
+        first.ra[again],
+        first.dec[again],
+        first.e1[again],
+        e2_again,
+        2 * first.weight[again],
+        first.bin[again],
+    )
+    chunks = [first, _chunk(rng, 300, ra=(26, 37), dec=(-34, -26)), second]
+    _, _, acct = next(C.pixelise_catalogue(lambda: chunks, grid, 4))
+    assert acct.duplicates == (inside >= 0).sum()
+    assert acct.header()["NDUP"] == acct.duplicates
+    acct.reconcile()
+    # a wrong count (more duplicates than galaxies used) does not reconcile
+    acct.duplicates = acct.used
+    with pytest.raises(C.CatalogueError, match="duplicates"):
+        acct.reconcile()
 
 
 def test_patch_groups_give_the_same_maps(rng):

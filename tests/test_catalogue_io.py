@@ -134,6 +134,66 @@ def test_desy3_reader_errors(tmp_path, rng):
         list(io.iter_desy3_catalogue(files))
 
 
+def test_desy3_sheared_bins_counted_over_the_selection(tmp_path, rng):
+    files, cols, sheared, select = _des_files(tmp_path, rng, n=3000)
+    bhat = sheared["1p"]["bin"].copy()
+    rows = select["_1p"]
+    bhat[rows[[0, 1, -3, -2, -1]]] = 9  # in the first and the last chunk of 700 rows
+    sheared["1p"] = {**sheared["1p"], "bin": bhat}
+    io.write_desy3_catalogue(files, cols, sheared, select)
+    with pytest.raises(
+        CatalogueError,
+        match=r"sompz.h5: column 'catalog/sompz/sheared_1p/bhat' has 5 values outside -1\.\.3",
+    ):
+        io.desy3_response_sums(files, N_BINS, e_max=1.0, chunk_size=700)
+
+
+def test_float_bin_column_of_a_fits_catalogue(tmp_path, rng):
+    path = tmp_path / "cat.fits"
+    data = _write_plain_fits(path, 1500, rng)
+    zbin = data["ZBIN"].astype("f4")
+    zbin[[10, 1200]] = 2.7
+    fitsio.write(
+        str(path),
+        {"ZBIN": zbin, **{k: data[k] for k in COLMAP.values() if k != "ZBIN"}},
+        clobber=True,
+    )
+    chunks = io.iter_fits_catalogue(path, COLMAP, chunk_size=1000)
+    with pytest.raises(
+        CatalogueError,
+        match=r"cat.fits: column 'bin' has 2 values that are not integers \(e\.g\. \[2\.7",
+    ):
+        io.fits_response_sums(chunks, N_BINS, 1.0, str(path))
+
+
+@pytest.mark.parametrize("size", [0, 1000, "half"])
+def test_truncated_desy3_file_is_named(tmp_path, rng, size):
+    # h5py's own message ("truncated file: eof = 1000 ...") names no file
+    files, *_ = _des_files(tmp_path, rng, n=2000)
+    with open(files.metacal, "r+b") as f:
+        f.truncate(f.seek(0, 2) // 2 if size == "half" else size)
+    with pytest.raises(
+        CatalogueError, match=r"mcal.h5: cannot open the DES-Y3 metacal file as HDF5 \("
+    ):
+        list(io.iter_desy3_catalogue(files))
+
+
+def test_corrupt_desy3_chunk_names_file_and_dataset(tmp_path, rng):
+    # the released files are chunked and compressed: a damaged chunk fails on reading
+    files, cols, *_ = _des_files(tmp_path, rng, n=2000)
+    with h5py.File(files.metacal, "r+") as f:
+        del f["catalog/unsheared/e_2"]
+        ds = f.create_dataset(
+            "catalog/unsheared/e_2", data=cols["e2"], chunks=(500,), compression="gzip"
+        )
+        offset = ds.id.get_chunk_info(1).byte_offset
+    with open(files.metacal, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * 64)
+    with pytest.raises(CatalogueError, match=r"mcal.h5: cannot read '/catalog/unsheared/e_2' \("):
+        list(io.iter_desy3_catalogue(files))
+
+
 def _write_plain_fits(path, n, rng, ra_scale=1.0, **extra):
     data = np.zeros(
         n,
@@ -183,6 +243,23 @@ def test_fits_reader_column_map_chunks_and_errors(tmp_path, rng):
     _write_plain_fits(empty, 0, rng)
     with pytest.raises(CatalogueError, match="empty.fits: the catalogue table is empty"):
         list(io.iter_fits_catalogue(empty, COLMAP))
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        (0, r"cannot open the catalogue as FITS \("),
+        ("half", r"cannot read rows \d+\.\.\d+ of columns \['RA_DEG', 'DEC_DEG', "),
+    ],
+)
+def test_truncated_fits_catalogue_is_named(tmp_path, rng, size, message):
+    # fitsio names the file in some of its messages, not in a read past the end of the data
+    path = tmp_path / "cut.fits"
+    _write_plain_fits(path, 2500, rng)
+    with open(path, "r+b") as f:
+        f.truncate(f.seek(0, 2) // 2 if size == "half" else size)
+    with pytest.raises(CatalogueError, match=f"cut.fits: {message}"):
+        list(io.iter_fits_catalogue(path, COLMAP, chunk_size=1000))
 
 
 def test_fits_catalogue_writer_streams_and_keeps_truth(tmp_path, rng):
@@ -267,6 +344,107 @@ def test_mock_and_pixelise_stage(test_config, tmp_path, mock_format):
     stage.catalogue_footprint(config, stage.catalogue_files(config), out)
     occ = hp.read_map(out)
     assert occ.sum() == n_mock - h["REJNAN"] - h["REJBIN"] - h["REJWGT"] - h["REJELL"]
+
+
+def _fits_catalogue_stage(config, tmp_path):
+    """The test layout and a FITS-catalogue configuration; returns (config, layout, table)."""
+    from kappadiff.products import read_table
+    from kappadiff.stages.layout import write_footprint_layout
+
+    layout = tmp_path / "results" / "layout" / "footprint.fits"
+    write_footprint_layout(config, layout)
+    config["catalogue"]["source"] = "fits"
+    config["catalogue"]["fits"]["path"] = str(tmp_path / "cat.fits")
+    return config, layout, read_table(layout)[0]
+
+
+def _galaxies_near(table, ids, rng, n=2000, half_deg=1.0):
+    """Catalogue columns of ``n`` galaxies a patch within ``half_deg`` of the patch centres."""
+    ra0, dec0 = np.repeat(table["ra"][ids], n), np.repeat(table["dec"][ids], n)
+    m = ra0.size
+    return {
+        "ra": ra0 + rng.uniform(-half_deg, half_deg, m) / np.cos(np.radians(dec0)),
+        "dec": dec0 + rng.uniform(-half_deg, half_deg, m),
+        "e1": rng.normal(0, 0.2, m),
+        "e2": rng.normal(0, 0.2, m),
+        "weight": np.ones(m),
+        "bin": rng.integers(0, N_BINS, m),
+    }
+
+
+def _pixelise_fits(config, layout, columns, ids, tmp_path):
+    from kappadiff.stages import catalogue as stage
+
+    io.write_fits_catalogue(config["catalogue"]["fits"]["path"], [columns])
+    data = [str(tmp_path / "results" / "data" / f"patch_{i:04d}.fits") for i in ids]
+    inputs = {"fits": config["catalogue"]["fits"]["path"], "layout": str(layout)}
+    stage.pixelise(config, inputs, ids, data)
+    return data
+
+
+@pytest.mark.parametrize("case", ["elsewhere", "radians-declared"])
+def test_pixelise_refuses_a_catalogue_in_no_patch(test_config, tmp_path, rng, case):
+    # a catalogue 90 deg away, or in degrees declared as radians, put no galaxy in any
+    # patch: pixelise wrote every patch fully masked (NUSED = 0) with exit 0
+    config, layout, table = _fits_catalogue_stage(test_config, tmp_path)
+    cols = _galaxies_near(table, [0, 1], rng)
+    if case == "elsewhere":
+        cols["ra"] = (cols["ra"] + 90.0) % 360.0
+        cause = r"its 4000 galaxies span RA .* deg: check that layout.footprint is the catalogue"
+    else:
+        config["catalogue"]["fits"]["radec_units"] = "rad"
+        cause = r"its 4000 galaxies span .* deg: beyond \|Dec\| <= 90 deg, so not degrees: check "
+        cause += r"catalogue.fits.radec_units"
+    centre = f"0 \\({table['ra'][0]:.1f}, {table['dec'][0]:.1f}\\)"
+    with pytest.raises(
+        CatalogueError,
+        match=rf"cat.fits: no galaxy falls in any configured data patch \(2; .*{centre}.*; "
+        + cause,
+    ):
+        _pixelise_fits(config, layout, cols, [0, 1], tmp_path)
+    assert not (tmp_path / "results" / "data").exists()  # stopped before any patch
+
+
+def test_pixelise_names_an_empty_patch_among_others(test_config, tmp_path, rng):
+    config, layout, table = _fits_catalogue_stage(test_config, tmp_path)
+    # the patch farthest from patch 0 gets no galaxy
+    v = hp.ang2vec(table["ra"], table["dec"], lonlat=True)
+    far = int(np.argmin(v @ v[0]))
+    with pytest.raises(
+        CatalogueError,
+        match=rf"data patches \[{far}\] hold no observed pixel in any bin: no galaxy falls in "
+        rf"\[{far}\] .*\. patches \[0\] have data",
+    ):
+        _pixelise_fits(config, layout, _galaxies_near(table, [0], rng), [0, far], tmp_path)
+    data = tmp_path / "results" / "data"
+    assert (data / "patch_0000.fits").exists() and not (data / f"patch_{far:04d}.fits").exists()
+
+
+def test_pixelise_counts_duplicate_rows(test_config, tmp_path, rng):
+    config, layout, table = _fits_catalogue_stage(test_config, tmp_path)
+    cols = _galaxies_near(table, [0, 1], rng)
+    n = cols["ra"].size
+    far = _galaxies_near(table, [0], rng, n=3)
+    far["ra"] = (far["ra"] + 90.0) % 360.0  # outside every patch
+    # 10 used rows repeated (one of them twice), and 3 outside rows repeated: 11 duplicates used
+    again = np.r_[np.arange(10), 0]
+    cols = {
+        k: np.concatenate([cols[k], far[k], cols[k][again], far[k]]).astype(cols[k].dtype)
+        for k in cols
+    }
+    # only the weight differs: still the same galaxy (same ra, dec, e1, e2)
+    cols["weight"][-4] = 2.0
+    data = _pixelise_fits(config, layout, cols, [0, 1], tmp_path)
+    h = fits.getheader(data[0])
+    assert h["NDUP"] == 11
+    assert h["NREAD"] == n + 17 and h["REJOUT"] == 6 and h["NUSED"] == n + 11
+    rejected = sum(h[k] for k in ("REJNAN", "REJBIN", "REJWGT", "REJELL", "REJOUT"))
+    assert h["NREAD"] == h["NUSED"] + rejected
+    config["catalogue"]["duplicates"] = "error"
+    with pytest.raises(
+        CatalogueError, match=rf"cat.fits: 11 of the {n + 11} galaxies used repeat an earlier row"
+    ):
+        _pixelise_fits(config, layout, cols, [0, 1], tmp_path)
 
 
 # --------------------------------------------------------------------------- data patches

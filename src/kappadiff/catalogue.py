@@ -30,6 +30,7 @@ __all__ = [
     "REJECTION_REASONS",
     "SHEARED_SELECTIONS",
     "Accounting",
+    "BinErrors",
     "Calibration",
     "CatalogueError",
     "GalaxyChunk",
@@ -42,7 +43,9 @@ __all__ = [
     "apply_calibration",
     "assign_to_patches",
     "calibration_from_sums",
+    "catalogue_extent",
     "check_radians",
+    "count_repeats",
     "first_containing_patch",
     "mock_positions",
     "mock_shapes",
@@ -50,8 +53,10 @@ __all__ = [
     "patch_groups",
     "patch_lookup",
     "pixelise_catalogue",
+    "quality_cut_chunks",
     "quality_cuts",
     "record_budget",
+    "row_hashes",
     "shear_at_positions",
 ]
 
@@ -125,38 +130,49 @@ class Accounting:
     """Galaxy counts: read = used + rejected (by reason); assignments to patches.
 
     ``assignments`` counts (galaxy, patch) pairs: a galaxy in the overlap of several
-    patches is used once and assigned several times.
+    patches is used once and assigned several times. ``duplicates`` counts the used
+    galaxies that repeat an earlier used row (same ra, dec, e1, e2); they are among the
+    used, so ``0 <= duplicates < used`` (or both 0).
     """
 
     read: int = 0
     used: int = 0
     assignments: int = 0
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECTION_REASONS, 0))
+    duplicates: int = 0
 
     @property
     def n_rejected(self) -> int:
         return sum(self.rejected.values())
 
     def reconcile(self, where: str = "catalogue") -> None:
-        """Raise :class:`CatalogueError` unless ``read == used + sum(rejected)``."""
+        """Raise :class:`CatalogueError` unless ``read == used + sum(rejected)`` and the
+        duplicates are a part of the used galaxies."""
         if self.read != self.used + self.n_rejected:
             raise CatalogueError(
                 f"{where}: galaxy accounting does not reconcile: read {self.read} != "
                 f"used {self.used} + rejected {self.n_rejected} ({self.rejected})"
             )
+        if not 0 <= self.duplicates <= max(self.used - 1, 0):
+            raise CatalogueError(
+                f"{where}: galaxy accounting does not reconcile: {self.duplicates} duplicates "
+                f"among {self.used} galaxies used"
+            )
 
     def header(self) -> dict[str, int]:
-        """FITS cards: NREAD, NUSED, NASSIGN and one REJxxx count per reason."""
+        """FITS cards: NREAD, NUSED, NASSIGN, one REJxxx count per reason, and NDUP."""
         cards = {"NREAD": self.read, "NUSED": self.used, "NASSIGN": self.assignments}
         for reason in REJECTION_REASONS:
             cards[_REJECT_KEYS[reason]] = self.rejected[reason]
+        cards["NDUP"] = self.duplicates
         return cards
 
     def summary(self) -> str:
         parts = ", ".join(f"{k} {v}" for k, v in self.rejected.items())
         return (
             f"read {self.read} = used {self.used} + rejected {self.n_rejected} ({parts}); "
-            f"{self.assignments} galaxy-patch assignments"
+            f"{self.assignments} galaxy-patch assignments; {self.duplicates} of the used "
+            "repeat an earlier row"
         )
 
 
@@ -182,10 +198,123 @@ def check_radians(ra: np.ndarray, dec: np.ndarray, where: str, min_rows: int = 1
         )
 
 
+def catalogue_extent(chunks: Iterable[GalaxyChunk]) -> tuple[int, float, float, float, float]:
+    """Galaxies with finite positions and their range: ``(n, ra_min, ra_max, dec_min, dec_max)``.
+
+    Degrees as read (NaN ranges when ``n = 0``); for messages about where a catalogue lies.
+    """
+    n, lo, hi = 0, np.full(2, np.inf), np.full(2, -np.inf)
+    for chunk in chunks:
+        ok = np.isfinite(chunk.ra) & np.isfinite(chunk.dec)
+        if ok.any():
+            pos = np.stack([chunk.ra[ok], chunk.dec[ok]])
+            lo, hi = np.minimum(lo, pos.min(axis=1)), np.maximum(hi, pos.max(axis=1))
+            n += int(ok.sum())
+    if n == 0:
+        return 0, np.nan, np.nan, np.nan, np.nan
+    return n, float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])
+
+
+#: Bit pattern of -0.0, hashed as 0.0 (the two are equal values).
+_NEG_ZERO = np.uint64(0x8000000000000000)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _splitmix64(x: np.uint64) -> np.uint64:
+    """SplitMix64 finaliser (Steele, Lea & Flood 2014): a bijective 64-bit mix."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@numba.njit(cache=True, nogil=True)
+def _hash_kernel(rows, ra, dec, e1, e2):
+    """:func:`row_hashes` of ``rows``, from the columns' float64 bits (uint64 views)."""
+    out = np.empty(rows.size, np.uint64)
+    zero = np.uint64(0)
+    for k in range(rows.size):
+        i = rows[k]
+        h = _splitmix64(zero if ra[i] == _NEG_ZERO else ra[i])
+        h = _splitmix64(h ^ (zero if dec[i] == _NEG_ZERO else dec[i]))
+        h = _splitmix64(h ^ (zero if e1[i] == _NEG_ZERO else e1[i]))
+        out[k] = _splitmix64(h ^ (zero if e2[i] == _NEG_ZERO else e2[i]))
+    return out
+
+
+def row_hashes(
+    ra: np.ndarray,
+    dec: np.ndarray,
+    e1: np.ndarray,
+    e2: np.ndarray,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """64-bit hash of each galaxy's (ra, dec, e1, e2), equal for equal values.
+
+    Of the rows ``rows`` (all if None). -0.0 and 0.0 hash alike. Two different galaxies of
+    a catalogue of n share a hash with probability about n^2 / 2^65 (3e-4 for 10^8).
+    """
+    cols = [np.ascontiguousarray(c, dtype=np.float64).view(np.uint64) for c in (ra, dec, e1, e2)]
+    rows = np.arange(cols[0].size) if rows is None else np.asarray(rows, dtype=np.int64)
+    return _hash_kernel(rows, *cols)
+
+
+#: Mean number of hashes a bucket of :func:`count_repeats` holds (its table stays in cache).
+_REPEAT_BUCKET = 16384
+
+
+@numba.njit(cache=True, nogil=True)
+def _repeats_kernel(h, bits):
+    """:func:`count_repeats` with ``2**bits`` buckets (``bits >= 1``) by the top bits."""
+    nb = 1 << bits
+    shift = np.uint64(64 - bits)
+    counts = np.zeros(nb + 1, np.int64)
+    for x in h:
+        counts[(x >> shift) + 1] += 1
+    starts = np.cumsum(counts)
+    at = starts[:-1].copy()
+    buf = np.empty(h.size, np.uint64)
+    for x in h:
+        k = x >> shift
+        buf[at[k]] = x
+        at[k] += 1
+    cap = 2
+    while cap < 2 * np.max(counts):
+        cap *= 2
+    table = np.zeros(cap, np.uint64)  # open addressing, 0 = empty slot
+    mask = np.uint64(cap - 1)
+    repeats = zeros = 0
+    for k in range(nb):
+        table[:] = 0
+        for j in range(starts[k], starts[k + 1]):
+            x = buf[j]
+            if x == 0:
+                zeros += 1
+                continue
+            i = x & mask
+            while table[i] != 0 and table[i] != x:
+                i = (i + np.uint64(1)) & mask
+            repeats += table[i] == x
+            table[i] = x
+    return repeats + max(zeros - 1, 0)
+
+
+def count_repeats(hashes: np.ndarray) -> int:
+    """Number of values that repeat an earlier one.
+
+    The values are spread into buckets by their top bits (one counting scatter), and each
+    bucket goes through a hash table small enough for the cache: about 10 ns a value,
+    against ~120 ns for ``np.sort`` and a comparison of neighbours. Memory: a copy.
+    """
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    bits = max(1, math.ceil(math.log2(max(hashes.size, 1) / _REPEAT_BUCKET)))
+    return int(_repeats_kernel(hashes, bits))
+
+
 @numba.njit(cache=True, nogil=True)
 def _cuts_kernel(ra, dec, e1, e2, w, bins, finite, n_bins, e_max, keep):
     """:func:`quality_cuts` in one sweep: fills ``keep``, returns the counts by reason and
-    the number of finite rows whose bin is outside ``[-1, n_bins - 1]``.
+    the number of finite rows whose bin is outside ``[-1, n_bins - 1]`` or not an integer.
 
     ``finite`` is False where a column tested outside (float bins, responses) is not finite.
     """
@@ -205,7 +334,7 @@ def _cuts_kernel(ra, dec, e1, e2, w, bins, finite, n_bins, e_max, keep):
             n_nonfinite += 1
             continue
         b = bins[i]
-        if b < -1 or b >= n_bins:
+        if b < -1 or b >= n_bins or b != math.floor(b):
             n_bad += 1
             continue
         if b < 0:
@@ -219,6 +348,98 @@ def _cuts_kernel(ra, dec, e1, e2, w, bins, finite, n_bins, e_max, keep):
     return n_nonfinite, n_bin, n_weight, n_ell, n_bad
 
 
+@dataclass
+class BinErrors:
+    """Tomographic bin values that are errors, counted over a whole catalogue.
+
+    A bin must be an integer in ``[-1, n_bins - 1]`` (integral floats such as 2.0 pass);
+    :func:`quality_cut_chunks` counts the others chunk by chunk and raises once the
+    catalogue is read, so that the error gives the catalogue's count, not a chunk's.
+    """
+
+    n_bins: int
+    column: str = "bin"
+    rows: int = 0
+    outside: int = 0
+    fractional: int = 0
+    examples: dict[str, np.ndarray] = field(
+        default_factory=lambda: {"outside": np.empty(0), "fractional": np.empty(0)}
+    )
+
+    def add(self, values: np.ndarray) -> None:
+        """Count bad bin ``values`` (finite values that fail the test) and keep examples."""
+        values = np.asarray(values, dtype=np.float64)
+        fractional = values != np.floor(values)
+        for kind, sel in (("outside", ~fractional), ("fractional", fractional)):
+            setattr(self, kind, getattr(self, kind) + int(sel.sum()))
+            self.examples[kind] = np.unique(np.r_[self.examples[kind], values[sel]])[:5]
+
+    def check(self, where: str) -> None:
+        """Raise :class:`CatalogueError` naming the counts, if any value was bad."""
+        parts = []
+        if self.outside:
+            parts.append(
+                f"{self.outside} values outside -1..{self.n_bins - 1} "
+                f"(e.g. {self._examples('outside')})"
+            )
+        if self.fractional:
+            parts.append(
+                f"{self.fractional} values that are not integers "
+                f"(e.g. {self._examples('fractional')})"
+            )
+        if parts:
+            raise CatalogueError(
+                f"{where}: column '{self.column}' has {' and '.join(parts)} "
+                f"in {self.rows} rows read; tomographic bins are integers 0..{self.n_bins - 1}, "
+                "-1 for none"
+            )
+
+    def _examples(self, kind: str) -> list[float | int]:
+        return [int(v) if v == int(v) else float(v) for v in self.examples[kind]]
+
+
+def _cut_chunk(
+    chunk: GalaxyChunk, n_bins: int, e_max: float, bad: BinErrors
+) -> tuple[np.ndarray, dict[str, int]]:
+    """:func:`quality_cuts` of one chunk, its bad bin values added to ``bad``."""
+    bins = np.asarray(chunk.bin)
+    # float bins and responses can be non-finite too: tested here, the rest in the kernel
+    finite = np.ones(len(chunk), dtype=np.bool_)
+    if bins.dtype.kind == "f":
+        finite &= np.isfinite(bins)
+    if chunk.response is not None:
+        r = chunk.response.reshape(len(chunk), -1)
+        finite &= np.isfinite(r).all(axis=1)
+    keep = np.empty(len(chunk), dtype=np.bool_)
+    columns = [np.asarray(getattr(chunk, k)) for k in ("ra", "dec", "e1", "e2", "weight")]
+    *rejected, n_bad = _cuts_kernel(*columns, bins, finite, n_bins, float(e_max), keep)
+    bad.rows += len(chunk)
+    if n_bad:
+        # the rows the kernel tested and found bad (rare: the error path)
+        tested = finite & np.logical_and.reduce([np.isfinite(c) for c in columns])
+        with np.errstate(invalid="ignore"):
+            wrong = (bins < -1) | (bins >= n_bins) | (bins != np.floor(bins))
+        bad.add(bins[tested & wrong])
+    counts = dict(zip(("nonfinite", "bin", "weight", "ellipticity"), rejected, strict=True))
+    return keep, counts
+
+
+def quality_cut_chunks(
+    chunks: Iterable[GalaxyChunk], n_bins: int, e_max: float, where: str = "catalogue"
+) -> Iterator[tuple[GalaxyChunk, np.ndarray, dict[str, int]]]:
+    """Each chunk of a catalogue with its :func:`quality_cuts` ``(keep, counts)``.
+
+    Bin values that are not integers in ``[-1, n_bins - 1]`` are never kept; they are
+    counted over the whole catalogue and raised (:class:`CatalogueError`, with the counts
+    and examples) after its last chunk.
+    """
+    bad = BinErrors(n_bins)
+    for chunk in chunks:
+        keep, counts = _cut_chunk(chunk, n_bins, e_max, bad)
+        yield chunk, keep, counts
+    bad.check(where)
+
+
 def quality_cuts(
     chunk: GalaxyChunk, n_bins: int, e_max: float, where: str = "catalogue"
 ) -> tuple[np.ndarray, dict[str, int]]:
@@ -229,7 +450,7 @@ def quality_cuts(
     chunk
         Galaxies to test.
     n_bins
-        Number of tomographic bins; bins must be in ``[-1, n_bins - 1]``.
+        Number of tomographic bins; bins must be integers in ``[-1, n_bins - 1]``.
     e_max
         Galaxies with ``|e| = sqrt(e1^2 + e2^2) >= e_max`` are rejected (``e_max <= 1``).
     where
@@ -246,34 +467,9 @@ def quality_cuts(
     Raises
     ------
     CatalogueError
-        Bins outside ``[-1, n_bins - 1]`` (named with their count).
+        Bins outside ``[-1, n_bins - 1]`` or not integers (named with their count).
     """
-    bins = np.asarray(chunk.bin)
-    # float bins and responses can be non-finite too: tested here, the rest in the kernel
-    finite = np.ones(len(chunk), dtype=np.bool_)
-    if bins.dtype.kind == "f":
-        finite &= np.isfinite(bins)
-    if chunk.response is not None:
-        r = chunk.response.reshape(len(chunk), -1)
-        finite &= np.isfinite(r).all(axis=1)
-    keep = np.empty(len(chunk), dtype=np.bool_)
-    *rejected, n_bad = _cuts_kernel(
-        *(np.asarray(getattr(chunk, k)) for k in ("ra", "dec", "e1", "e2", "weight")),
-        bins,
-        finite,
-        n_bins,
-        float(e_max),
-        keep,
-    )
-    if n_bad:
-        with np.errstate(invalid="ignore"):
-            bad = finite & np.isfinite(chunk.ra) & ((bins < -1) | (bins >= n_bins))
-        values = np.unique(bins[bad])[:5]
-        raise CatalogueError(
-            f"{where}: column 'bin' has {n_bad} values outside -1..{n_bins - 1} "
-            f"(e.g. {values.tolist()})"
-        )
-    counts = dict(zip(("nonfinite", "bin", "weight", "ellipticity"), rejected, strict=True))
+    ((_, keep, counts),) = quality_cut_chunks([chunk], n_bins, e_max, where)
     return keep, counts
 
 
@@ -706,6 +902,7 @@ def _records_kernel(
     slot,
     n_slots,
     every_patch,
+    hits,
     t_slot,
     t_pix,
     t_gal,
@@ -718,6 +915,7 @@ def _records_kernel(
     galaxy's (w, g1, g2) as float32 (the products are float32, so this rounding is of their
     own size). Records are sorted by slot by a stable counting sort, so within a slot they
     stay in galaxy order (sums are then added in the same order whatever the grouping).
+    ``hits`` (bool, one a row of ``rows``) is set where the galaxy is in a projected patch.
     ``t_slot``, ``t_pix``, ``t_gal`` (int32, equal sizes) are the unsorted records'
     workspace, reused from chunk to chunk (grown here when a chunk needs more).
 
@@ -773,6 +971,7 @@ def _records_kernel(
                 t_gal[m] = i
                 counts[s + 1] += keep
                 m += keep
+            hits[start + j] = hit
             used += hit
     starts = np.cumsum(counts)
     at = starts[:-1].copy()
@@ -1095,7 +1294,10 @@ def pixelise_catalogue(
     :func:`patch_groups` are added to its dense accumulator, the others dropped, and the
     pass goes on dense; each further group then reads the galaxies of its Dec band again.
     Sums are added in galaxy order on either path, so the maps do not depend on the path.
-    Peak memory: at most the record budget plus one group's accumulator (at the switch).
+    Peak memory: at most the record budget plus one group's accumulator (at the switch),
+    plus 8 bytes a used galaxy (16 while they are counted) for the 64-bit hashes of
+    (ra, dec, e1, e2) that count the duplicate rows (:attr:`Accounting.duplicates`; a
+    duplicate is used as often as it appears, the caller decides whether that is an error).
     """
     cal = Calibration.identity(n_bins) if calibration is None else calibration
     identity = _is_identity(cal)
@@ -1117,6 +1319,7 @@ def pixelise_catalogue(
     work = (np.empty(0, np.int32),) * 3
     acct = Accounting()
     records: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = []
+    hashes: list[np.ndarray] = []  # of the used galaxies (row_hashes), for the duplicates
     held = 0
     acc = None
 
@@ -1134,8 +1337,9 @@ def pixelise_catalogue(
             acc.clear()
             slot, n_slots = to_slot(group), len(group)
             band = _dec_band(grid.subset(group))
-        for ordinal, chunk in enumerate(chunks()):
-            keep, counts = quality_cuts(chunk, n_bins, e_max, where)
+        for ordinal, (chunk, keep, counts) in enumerate(
+            quality_cut_chunks(chunks(), n_bins, e_max, where)
+        ):
             if band is not None:
                 # later passes: galaxies outside the group's Dec band are in none of its
                 # patches, so they skip the projection
@@ -1159,10 +1363,13 @@ def pixelise_catalogue(
                 e1, e2 = shapes(ordinal, chunk, rows, e1, e2)
             if work[0].size < 1.5 * rows.size:
                 work = tuple(np.empty(int(1.5 * rows.size) + 1024, np.int32) for _ in range(3))
+            ra = np.asarray(chunk.ra, dtype=np.float64)
+            dec = np.asarray(chunk.dec, dtype=np.float64)
+            hits = np.empty(rows.size, np.bool_)
             used, assigned, starts, index, values, *work = _records_kernel(
                 rows,
-                np.asarray(chunk.ra, dtype=np.float64),
-                np.asarray(chunk.dec, dtype=np.float64),
+                ra,
+                dec,
                 bins,
                 np.asarray(chunk.weight, dtype=np.float64),
                 e1,
@@ -1176,12 +1383,14 @@ def pixelise_catalogue(
                 slot,
                 n_slots,
                 first_pass,
+                hits,
                 *work,
             )
             if first_pass:
                 acct.used += used
                 acct.rejected["outside"] += rows.size - used
                 acct.assignments += assigned
+                hashes.append(row_hashes(ra, dec, chunk.e1, chunk.e2, rows[hits]))
             if records is None:
                 _add_records(acc.sums, starts, index, values, size, shape_noise)
                 continue
@@ -1195,6 +1404,10 @@ def pixelise_catalogue(
                 records = None
                 slot, n_slots = to_slot(group), len(group)
         if first_pass:
+            every = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
+            del hashes
+            acct.duplicates = count_repeats(every)
+            del every
             acct.reconcile(where)
         if records is not None:
             # the whole catalogue is buffered: every patch from its records

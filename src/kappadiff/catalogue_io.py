@@ -29,11 +29,12 @@ from astropy.io import fits
 
 from .catalogue import (
     SHEARED_SELECTIONS,
+    BinErrors,
     CatalogueError,
     GalaxyChunk,
     ResponseSums,
     check_radians,
-    quality_cuts,
+    quality_cut_chunks,
 )
 from .products import ProductError, atomic_output, celestial_wcs, check_values, open_fits
 
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 FITS_COLUMNS = ("ra", "dec", "e1", "e2", "weight", "bin")
 #: Metacal responses of the unsheared catalogue, in [i, j] order.
 _RESPONSE = (("R11", "R12"), ("R21", "R22"))
+#: The three files of a DES-Y3 catalogue (attributes of :class:`DESY3Files`).
+_DESY3_ROLES = ("metacal", "index", "sompz")
 
 
 class DESY3Files:
@@ -87,6 +90,31 @@ class DESY3Files:
 # --------------------------------------------------------------------------- DES-Y3 HDF5
 
 
+def _reason(err: Exception) -> str:
+    """A library's error message on one line (fitsio's span several)."""
+    return " ".join(str(err).split())
+
+
+def _open_hdf5(path: str, role: str) -> h5py.File:
+    """Open a DES-Y3 HDF5 file; a file HDF5 cannot open (truncated, not HDF5) is named."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise CatalogueError(
+            f"{path}: cannot open the DES-Y3 {role} file as HDF5 ({_reason(err)})"
+        ) from err
+
+
+def _read(ds: h5py.Dataset, key: slice | np.ndarray) -> np.ndarray:
+    """``ds[key]``; a read error (e.g. a corrupt compressed chunk) names file and dataset."""
+    try:
+        return ds[key]
+    except OSError as err:
+        raise CatalogueError(
+            f"{ds.file.filename}: cannot read '{ds.name}' ({_reason(err)})"
+        ) from err
+
+
 def _dataset(f: h5py.File, path: str, name: str) -> h5py.Dataset:
     if path not in f:
         raise CatalogueError(f"{f.filename}: no dataset '{path}' ({name})")
@@ -100,8 +128,8 @@ def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     """``ds[rows]`` for increasing ``rows``: one contiguous read where the rows are dense."""
     lo, hi = int(rows[0]), int(rows[-1]) + 1
     if hi - lo <= 4 * rows.size + 4096:
-        return ds[lo:hi][rows - lo]
-    return ds[rows]
+        return _read(ds, slice(lo, hi))[rows - lo]
+    return _read(ds, rows)
 
 
 def _check_rows(rows: np.ndarray, n_rows: int, files: DESY3Files, dataset: str) -> np.ndarray:
@@ -128,9 +156,15 @@ class _DESY3:
         for path in (files.metacal, files.index, files.sompz):
             if not os.path.isfile(path):
                 raise CatalogueError(f"{path}: DES-Y3 catalogue file not found")
-        self.mcal = h5py.File(files.metacal, "r")
-        self.idx = h5py.File(files.index, "r")
-        self.som = h5py.File(files.sompz, "r")
+        opened: list[h5py.File] = []
+        try:
+            for role in _DESY3_ROLES:
+                opened.append(_open_hdf5(getattr(files, role), role))
+        except CatalogueError:
+            for f in opened:
+                f.close()
+            raise
+        self.mcal, self.idx, self.som = opened
         ra = _dataset(self.mcal, "catalog/unsheared/ra", "RA")
         self.n_rows = ra.shape[0]
         if self.n_rows == 0:
@@ -194,7 +228,7 @@ def iter_desy3_catalogue(files: DESY3Files, chunk_size: int = 1_000_000) -> Iter
         bhat = cat.bhat("unsheared")
         for start in range(0, select.shape[0], chunk_size):
             rows = _check_rows(
-                select[start : start + chunk_size], cat.n_rows, files, "index/select"
+                _read(select, slice(start, start + chunk_size)), cat.n_rows, files, "index/select"
             )
             data = {k: _read_rows(ds, rows).astype(np.float64) for k, ds in cols.items()}
             if start == 0:
@@ -226,26 +260,29 @@ def desy3_response_sums(
     ``catalog/sheared_*/weight`` (Sheldon & Huff 2017; Gatti et al. 2021, sec. 4).
     """
     sums = ResponseSums(n_bins)
-    where = f"{files.metacal}"
-    for chunk in iter_desy3_catalogue(files, chunk_size):
-        keep, _ = quality_cuts(chunk, n_bins, e_max, where)
+    chunks = iter_desy3_catalogue(files, chunk_size)
+    for chunk, keep, _ in quality_cut_chunks(chunks, n_bins, e_max, files.metacal):
         sums.add(chunk.subset(keep))
     with _DESY3(files) as cat:
         e1, e2 = cat.column("unsheared", "e_1"), cat.column("unsheared", "e_2")
         for s in SHEARED_SELECTIONS:
             select = cat.select(f"_{s}")
             weight, bhat = cat.column(f"sheared_{s}", "weight"), cat.bhat(f"sheared_{s}")
+            # counted over the whole selection, raised after it (the bins are int64)
+            bad = BinErrors(n_bins, f"catalog/sompz/sheared_{s}/bhat")
             for start in range(0, select.shape[0], chunk_size):
                 rows = _check_rows(
-                    select[start : start + chunk_size], cat.n_rows, files, f"index/select_{s}"
+                    _read(select, slice(start, start + chunk_size)),
+                    cat.n_rows,
+                    files,
+                    f"index/select_{s}",
                 )
                 bins = _read_rows(bhat, rows).astype(np.int64)
-                bad = (bins < -1) | (bins >= n_bins)
-                if bad.any():
-                    raise CatalogueError(
-                        f"{files.sompz}: 'catalog/sompz/sheared_{s}/bhat' has {int(bad.sum())} "
-                        f"values outside -1..{n_bins - 1}"
-                    )
+                wrong = (bins < -1) | (bins >= n_bins)
+                bad.rows += bins.size
+                if wrong.any():
+                    bad.add(bins[wrong])
+                    continue
                 sums.add_selection(
                     s,
                     bins,
@@ -253,6 +290,7 @@ def desy3_response_sums(
                     _read_rows(e1, rows).astype(np.float64),
                     _read_rows(e2, rows).astype(np.float64),
                 )
+            bad.check(files.sompz)
     return sums
 
 
@@ -370,7 +408,11 @@ def iter_fits_catalogue(
     if not os.path.isfile(path):
         raise CatalogueError(f"{path}: catalogue file not found")
     wanted = {k: v for k, v in cmap.items() if v}
-    with fitsio.FITS(path) as f:
+    try:
+        f = fitsio.FITS(path)
+    except OSError as err:
+        raise CatalogueError(f"{path}: cannot open the catalogue as FITS ({_reason(err)})") from err
+    with f:
         hdu = _fits_hdu(f, path, extension)
         available = hdu.get_colnames()
         lower = {c.lower(): c for c in available}
@@ -384,7 +426,14 @@ def iter_fits_catalogue(
         if n_rows == 0:
             raise CatalogueError(f"{path}: the catalogue table is empty")
         for start in range(0, n_rows, chunk_size):
-            data = hdu[list(names.values())][start : start + chunk_size]
+            stop = min(start + chunk_size, n_rows)
+            try:
+                data = hdu[list(names.values())][start:stop]
+            except OSError as err:
+                raise CatalogueError(
+                    f"{path}: cannot read rows {start}..{stop - 1} of columns "
+                    f"{list(names.values())} of extension {extension!r} ({_reason(err)})"
+                ) from err
             col = {k: np.asarray(data[v]) for k, v in names.items()}
             ra = col["ra"].astype(np.float64)
             dec = col["dec"].astype(np.float64)
@@ -412,8 +461,7 @@ def fits_response_sums(
 ) -> ResponseSums:
     """Per-bin sums (weighted mean response and ellipticity) of a FITS catalogue's galaxies."""
     sums = ResponseSums(n_bins)
-    for chunk in chunks:
-        keep, _ = quality_cuts(chunk, n_bins, e_max, where)
+    for chunk, keep, _ in quality_cut_chunks(chunks, n_bins, e_max, where):
         sums.add(chunk.subset(keep))
     return sums
 

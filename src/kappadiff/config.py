@@ -1,20 +1,42 @@
-"""Configuration checks that a JSON schema cannot express.
+"""Configuration validation: the JSON schema, and the checks a schema cannot express.
 
 The schema (``workflow/schemas/config.schema.yaml``) checks types, ranges and unknown
-keys; :func:`check_config` adds the checks that involve several keys. Both run before any
-job starts, and every message names the offending key.
+keys (:func:`validate_config`, which also fills in the defaults); :func:`check_config` adds
+the checks that involve several keys. Both run before any job starts, and every message
+names the offending key.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import hashlib
 import json
-from collections.abc import Mapping
-from typing import Any
+import os
+import reprlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import KappadiffInputError
 
-__all__ = ["SPEED_KEYS", "ConfigError", "check_config", "config_hash", "without_speed_keys"]
+if TYPE_CHECKING:
+    # imported where used: every job imports this module (config_hash), few validate
+    import jsonschema
+
+__all__ = [
+    "SPEED_KEYS",
+    "ConfigError",
+    "VERBOSE_ENV",
+    "check_config",
+    "config_hash",
+    "validate_config",
+    "without_speed_keys",
+]
+
+#: Environment variable that, set to 1, adds jsonschema's full report to a config error.
+VERBOSE_ENV = "KAPPADIFF_VERBOSE"
+#: Config errors listed in one message (the rest are counted).
+MAX_ERRORS = 10
 
 #: Relative tolerance for patch_size_deg = npix * pixel_scale_arcmin / 60 (the paper's
 #: 4.2667 deg is 256 arcmin rounded to 4 decimals, a relative error of 1e-5).
@@ -28,6 +50,161 @@ SPEED_KEYS = ("channels_last", "compile", "cudnn_benchmark")
 
 class ConfigError(KappadiffInputError):
     """A configuration value is invalid; the message names the key."""
+
+
+def _validator(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
+    """Draft 2020-12 validator that fills in defaults and takes only ints as integers.
+
+    Defaults are set as ``snakemake.utils.validate`` sets them: an absent property gets its
+    schema default before the properties are validated, so nested defaults fill in too.
+    JSON schema counts 16.0 as an integer, which then fails in ``range`` or an array shape
+    inside a job; here it is an error.
+    """
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in props.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, props, instance, schema)
+
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    return jsonschema.validators.extend(base, {"properties": properties}, type_checker=checker)(
+        schema
+    )
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    """``layout.npix``, ``sampling.patches[0]``: a key path as a user writes it."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text.lstrip(".")
+
+
+def _origin(path: Sequence[str | int], sources: Sequence[tuple[str, Any]]) -> str:
+    """' (in <source>)' for the last of ``sources`` that sets the key ``path``."""
+    found = None
+    for name, node in sources:
+        for part in path:
+            if isinstance(node, Mapping) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                break
+        else:
+            found = name
+    return f" (in {found})" if found else ""
+
+
+def _reason(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message without the value it starts with ("is not of type 'integer'")."""
+    shown = repr(error.instance)
+    return (
+        error.message[len(shown) :].lstrip() if error.message.startswith(shown) else error.message
+    )
+
+
+def _describe(error: jsonschema.ValidationError, sources: Sequence[tuple[str, Any]]) -> list[str]:
+    """One line per problem of a schema error: the key, its value or the closest valid key."""
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        lines = []
+        for key in (k for k in error.instance if k not in allowed):
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = (
+                f"did you mean '{_dotted([*path, close[0]])}'?"
+                if close
+                else f"valid keys {'here' if path else 'at the top level'}: {', '.join(allowed)}"
+            )
+            lines.append(
+                f"unknown key '{_dotted([*path, key])}'{_origin([*path, key], sources)}: {hint}"
+            )
+        return lines
+    reason = _reason(error)
+    if error.context:
+        # oneOf: the alternatives that got deepest into the value say what is wrong (the
+        # array one for [1.5] where an array of integers or 'all' is wanted)
+        depth = max(len(e.absolute_path) for e in error.context)
+        closest = [e for e in error.context if len(e.absolute_path) == depth]
+        wrong = [e for e in closest if e.validator != "type"]
+        if wrong or depth > len(error.absolute_path):
+            return _describe((wrong or closest)[0], sources)
+        types = " or ".join(repr(e.validator_value) for e in closest)
+        reason = f"is not of type {types}"
+    value = reprlib.repr(error.instance)
+    if (
+        error.validator == "type"
+        and isinstance(error.instance, float)
+        and "integer" in str(error.validator_value)
+    ):
+        reason += f" (write {int(error.instance)})" if error.instance.is_integer() else ""
+    key = _dotted(path) or "the configuration"
+    about = error.schema.get("description", "")
+    about = f" [{about.split('. ')[0].rstrip('.')}]" if about else ""
+    return [f"{key} = {value}{_origin(path, sources)}: {reason}{about}"]
+
+
+def validate_config(
+    config: dict[str, Any],
+    schema_path: str | os.PathLike,
+    sources: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    verbose: bool | None = None,
+) -> None:
+    """Validate a configuration against the JSON schema, filling in its defaults in place.
+
+    As ``snakemake.utils.validate`` (JSON schema draft 2020-12, defaults set), except that
+    an integer key takes only an int (16.0 is refused) and that the errors are short: one
+    line a problem, naming the key, its value and what is wrong, with the closest valid
+    key for an unknown one (``difflib``), and where the key was set.
+
+    Parameters
+    ----------
+    config
+        The merged configuration; defaults are filled in.
+    schema_path
+        The schema (YAML or JSON).
+    sources
+        Where the configuration came from, as ``(name, mapping)`` in the order they were
+        merged (config files, then ``--config``): a key in error is traced to the last
+        that sets it.
+    verbose
+        Add jsonschema's full report of each error (the schema and the value); None: when
+        the environment variable ``KAPPADIFF_VERBOSE`` is 1.
+
+    Raises
+    ------
+    ConfigError
+        Listing up to :data:`MAX_ERRORS` problems.
+    """
+    import yaml
+
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    errors = sorted(
+        _validator(schema).iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]
+    )
+    if not errors:
+        return
+    lines = [line for error in errors for line in _describe(error, sources)]
+    text = "\n".join(f"  {line}" for line in lines[:MAX_ERRORS])
+    if len(lines) > MAX_ERRORS:
+        text += f"\n  ... and {len(lines) - MAX_ERRORS} more"
+    if verbose is None:
+        verbose = os.environ.get(VERBOSE_ENV) == "1"
+    if verbose:
+        text += "".join(f"\n\n{error}" for error in errors)
+    else:
+        text += f"\n(jsonschema's full report: {VERBOSE_ENV}=1 or snakemake --verbose)"
+    raise ConfigError(f"invalid configuration ({schema_path}):\n{text}")
 
 
 def _is_power_of_two(n: int) -> bool:

@@ -2,7 +2,8 @@
 import os
 import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.common.configfile import load_configfile
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -12,9 +13,37 @@ SRC = os.path.join(workflow.basedir, "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
-from kappadiff.config import check_config, without_speed_keys  # noqa: E402
+from kappadiff.config import (  # noqa: E402
+    check_config,
+    validate_config,
+    without_speed_keys,
+)
 
-validate(config, "../schemas/config.schema.yaml")
+
+def config_sources():
+    """Where the configuration came from, lowest precedence first: the Snakefile's
+    configfile, the --configfile files, then --config (for naming a key in error)."""
+    given = list(workflow.overwrite_configfiles)
+    files = [f for f in workflow.configfiles if f not in given] + given
+    cli = ("--config", dict(workflow.config_settings.config))
+    return [(shown_path(f), load_configfile(f)) for f in files] + [cli]
+
+
+def shown_path(path):
+    """A path relative to the working directory if it lies below it, else absolute."""
+    relative = os.path.relpath(path)
+    return os.path.abspath(path) if relative.startswith("..") else relative
+
+
+# The library validates against the schema instead of snakemake.utils.validate: integer
+# keys then take only integers, and a mistake is a line naming the key (the closest valid
+# one for an unknown key) instead of the whole schema and config (kept for --verbose).
+validate_config(
+    config,
+    os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"),
+    sources=config_sources(),
+    verbose=bool(getattr(workflow.output_settings, "verbose", False)) or None,
+)
 check_config(config)
 
 RESULTS = config["results"]

@@ -286,6 +286,23 @@ def read_signal_power(path: str | os.PathLike, n_bins: int) -> tuple[np.ndarray,
     return _auto_spectra(path, _power_columns(path), n_bins)
 
 
+def _read_observed_patch(
+    data_path: str | os.PathLike, pixel_scale_arcmin: float
+) -> tuple[dict[str, np.ndarray], fits.Header]:
+    """:func:`read_data_patch`, refusing a patch with no observed pixel in any bin.
+
+    Its baselines would be κ ≡ 0, written as if they were maps (``pixelise`` refuses to
+    make such a patch, so this is some other file).
+    """
+    images, wcs = read_data_patch(data_path, pixel_scale_arcmin)
+    if not images["MASK"].any():
+        raise ProductError(
+            f"{data_path}: no observed pixel in any bin (HDU MASK is 0 everywhere); its "
+            "Kaiser-Squires and Wiener maps would be kappa = 0"
+        )
+    return images, wcs
+
+
 def kaiser_squires_patch_file(
     data_path: str | os.PathLike, out_path: str | os.PathLike, config: Mapping[str, Any]
 ) -> None:
@@ -296,7 +313,7 @@ def kaiser_squires_patch_file(
     """
     lcfg = config["lensing"]
     scale = _pixel_scale(config)
-    images, wcs = read_data_patch(data_path, scale)
+    images, wcs = _read_observed_patch(data_path, scale)
     k_e, k_b = lensing.kaiser_squires_patch(
         images["G1"],
         images["G2"],
@@ -339,7 +356,7 @@ def wiener_patch_file(
     """
     lcfg = config["lensing"]
     scale = _pixel_scale(config)
-    images, wcs = read_data_patch(data_path, scale)
+    images, wcs = _read_observed_patch(data_path, scale)
     n_bins = images["G1"].shape[0]
     if tomographic:
         ell, cl = read_signal_covariance(power_path, n_bins)

@@ -32,18 +32,21 @@ import numpy as np
 
 from .. import footprint, sims, sphere
 from ..catalogue import (
+    Accounting,
     Calibration,
+    CatalogueError,
     GalaxyChunk,
     PatchGrid,
     ShapeModel,
     ShapeNoiseMock,
     calibration_from_sums,
+    catalogue_extent,
     mock_positions,
     mock_shapes,
     occupancy_mask,
     patch_lookup,
     pixelise_catalogue,
-    quality_cuts,
+    quality_cut_chunks,
     shear_at_positions,
 )
 from ..catalogue_io import (
@@ -366,6 +369,84 @@ def _calibration(
     return Calibration.identity(n_bins, m)
 
 
+def _centres(grid: PatchGrid, ids: np.ndarray, wanted: Sequence[int], most: int = 5) -> str:
+    """'id (RA, Dec)' of the first ``most`` of the patches ``wanted``, for messages."""
+    entries = []
+    for i in list(wanted)[:most]:
+        k = int(np.flatnonzero(ids == i)[0])
+        entries.append(f"{i} ({grid.ra0[k]:.1f}, {grid.dec0[k]:.1f})")
+    more = len(wanted) - most
+    return ", ".join(entries) + (f" and {more} more" if more > 0 else "")
+
+
+def _extent(chunks: Callable[[], Iterable[GalaxyChunk]]) -> str:
+    """Where the catalogue lies, and the likely cause when no patch receives a galaxy."""
+    n, ra0, ra1, dec0, dec1 = catalogue_extent(chunks())
+    if n == 0:
+        return "the catalogue holds no galaxy with finite RA and Dec"
+    text = f"its {n} galaxies span RA {ra0:.4g}..{ra1:.4g}, Dec {dec0:.4g}..{dec1:.4g} deg"
+    if max(abs(dec0), abs(dec1)) > 90 or ra0 < -360 or ra1 > 720:
+        return (
+            f"{text}: beyond |Dec| <= 90 deg, so not degrees: check catalogue.fits.radec_units "
+            "('rad' converts radians to degrees; a catalogue in degrees needs 'deg')"
+        )
+    return f"{text}: check that layout.footprint is the catalogue's sky and the patch ids"
+
+
+def _no_data_message(
+    chunks: Callable[[], Iterable[GalaxyChunk]], grid: PatchGrid, ids: np.ndarray, where: str
+) -> str:
+    return (
+        f"{where}: no galaxy falls in any configured data patch ({len(ids)}; id (RA, Dec) "
+        f"of the centres in deg: {_centres(grid, ids, ids.tolist())}); "
+        f"{_extent(chunks)}"
+    )
+
+
+def _empty_patches_message(
+    empty: Mapping[int, int],
+    chunks: Callable[[], Iterable[GalaxyChunk]],
+    grid: PatchGrid,
+    ids: np.ndarray,
+    where: str,
+) -> str:
+    """Which configured patches hold no observed pixel, why, and which have data."""
+    with_data = sorted(set(ids.tolist()) - set(empty))
+    no_galaxy = [i for i, n in empty.items() if n == 0]
+    parts = []
+    if no_galaxy:
+        parts.append(
+            f"no galaxy falls in {no_galaxy} (id (RA, Dec) of the centres in deg: "
+            f"{_centres(grid, ids, no_galaxy)}; {_extent(chunks)})"
+        )
+    masked = {i: n for i, n in empty.items() if n > 0}
+    if masked:
+        counts = ", ".join(f"{n} in patch {i}" for i, n in masked.items())
+        parts.append(f"their galaxies ({counts}) all lie in pixels outside layout.footprint")
+    has = f"patches {with_data} have data" if with_data else "no configured patch has data"
+    return (
+        f"{where}: data patches {sorted(empty)} hold no observed pixel in any bin: "
+        f"{'; '.join(parts)}. {has}; configure only patches with data "
+        "(sampling.patches, validation.patches)"
+    )
+
+
+def _check_duplicates(acct: Accounting, policy: str, where: str) -> None:
+    """Warn about the duplicate rows used (``catalogue.duplicates: warn``) or refuse them."""
+    if not acct.duplicates:
+        return
+    message = (
+        f"{where}: {acct.duplicates} of the {acct.used} galaxies used repeat an earlier row "
+        "(same ra, dec, e1, e2)"
+    )
+    if policy == "error":
+        raise CatalogueError(
+            f"{message}; remove them, or set catalogue.duplicates: warn to use each row as "
+            "often as it appears"
+        )
+    log.warning("%s: each is used as often as it appears (header card NDUP)", message)
+
+
 class _HashedChunks:
     """The catalogue's chunks, hashing their columns on the first pass (``digest``).
 
@@ -388,9 +469,7 @@ class _HashedChunks:
             self.digest = h.hexdigest()
 
 
-def _truth_maps(
-    config: Mapping[str, Any], kappa: np.ndarray, grid: PatchGrid
-) -> np.ndarray:
+def _truth_maps(config: Mapping[str, Any], kappa: np.ndarray, grid: PatchGrid) -> np.ndarray:
     """The convergence maps cut out on the patch grids, [patch, bin, row, col]."""
     nside = hp.npix2nside(kappa.shape[-1])
     args = (nside, grid.ra0, grid.dec0, grid.npix, grid.pixel_scale_arcmin)
@@ -413,6 +492,15 @@ def _pixelise_patches(
 
     ``shapes``, given the convergence maps of ``inputs['kappa']``, makes the shape model
     that replaces the galaxies' shears (validation mocks of a real catalogue).
+
+    Raises
+    ------
+    CatalogueError
+        A configured patch with no observed pixel in any bin (none is written; the
+        others are), naming it, the patches that have data and the likely cause: the
+        catalogue's RA/Dec range against the patch centres (units, footprint). When no
+        galaxy falls in any patch it is raised before any patch is written. Also duplicate
+        rows with ``catalogue.duplicates: error``, and the catalogue's own errors.
     """
     cat = config["catalogue"]
     if len(patch_ids) != len(data_paths):
@@ -464,6 +552,7 @@ def _pixelise_patches(
     if stream == "mock":
         common["MOCKSHAP"] = "rotated" if model is not None else "catalogue"
     masked_fp = 0
+    empty: dict[int, int] = {}  # patch id -> galaxies in it, of patches with no observed pixel
     for k, maps, acct in pixelise_catalogue(
         chunks,
         grid,
@@ -480,6 +569,9 @@ def _pixelise_patches(
         if k == 0:
             log.info("accounting: %s", acct.summary())
             common["CATHASH"] = chunks.digest
+            if acct.used == 0:
+                raise CatalogueError(_no_data_message(chunks, grid, ids, where))
+            _check_duplicates(acct, cat["duplicates"], os.fspath(where))
         pid = int(ids[k])
         n_out = int(((maps["NGAL"] > 0) & (maps["MASK"] == 0)).sum())
         masked_fp += n_out
@@ -499,9 +591,11 @@ def _pixelise_patches(
             image_hdu(name, maps[name], wcs, dtype=maps[name].dtype)
             for name in ("G1", "G2", "SIGMA", "MASK", "NGAL")
         ]
-        write_fits(data_paths[k], hdus, primary_header=prim)
         if maps["MASK"].sum() == 0:
-            log.warning("patch %d holds no usable pixel: fully masked", pid)
+            # not written: a patch with nothing observed would give kappa = 0 downstream
+            empty[pid] = int(maps["NGAL"].sum())
+            continue
+        write_fits(data_paths[k], hdus, primary_header=prim)
         if truth is not None:
             identity = {key: common[key] for key in ("STREAM", "SOURCE", "CATALOG", "CATHASH")}
             write_fits(
@@ -512,6 +606,8 @@ def _pixelise_patches(
                 ),
             )
     log.info("pixels with galaxies masked as outside the footprint: %d", masked_fp)
+    if empty:
+        raise CatalogueError(_empty_patches_message(empty, chunks, grid, ids, where))
 
 
 def pixelise(
@@ -597,8 +693,8 @@ def catalogue_footprint(
     inputs = {k: _single(inputs[k]) for k in (*_DESY3_KEYS, "fits") if _single(inputs.get(k))}
     chunks, where = _chunk_source(config, inputs)
     counts = np.zeros(hp.nside2npix(nside), dtype=np.int64)
-    for chunk in chunks():
-        keep, _ = quality_cuts(chunk, DESY3_N_BINS, cat["e_max"], os.fspath(where))
+    cuts = quality_cut_chunks(chunks(), DESY3_N_BINS, cat["e_max"], os.fspath(where))
+    for chunk, keep, _ in cuts:
         counts += occupancy_mask(nside, chunk.ra[keep], chunk.dec[keep])
     inside = counts > 0
     area = inside.sum() * hp.nside2pixarea(nside, degrees=True)
