@@ -16,6 +16,10 @@ The code probed is the checkout ``--repo`` (default: the one holding this script
 ``Snakefile``, its ``config/test.yaml`` and its ``src/`` first on ``PYTHONPATH`` of every
 job. ``snakemake`` and ``python`` come from ``PATH``. About 10-15 minutes on 2 idle cores.
 
+The resume cases (2, 11, 27, 28) stop a job the way a pre-emption does, SIGKILL to its
+process group, once the documented resume files hold enough work:
+``results/prior/checkpoint.pt`` and ``<posterior product>.partial.npz`` (array ``kappa``).
+
     python benchmarks/fault_probe.py --workdir /tmp/probe --out /tmp/fault_probe.md
     python benchmarks/fault_probe.py --workdir /tmp/probe --out p.md --cases 2,28 --reuse-baseline
 
@@ -78,6 +82,8 @@ RESUME_SAMPLING = {"n_samples": 4, "batch_size": 1, "n_steps": 200, "tuned_scali
 RESUME_PRIOR = {"train_steps": 40, "checkpoint_every": 5}
 #: Lines of a failing job's log or of Snakemake's output that carry the error.
 ERROR_LINE = re.compile(r"^\s*(?:[\w.]*(?:Error|Exception|Exit)\b|.*\b(?:ERROR|CRITICAL)\b)")
+#: The time stamp of a logging record (left out of the table).
+LOG_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
 #: Snakemake's description of a failed job (its input/output lists name every file).
 JOB_FIELD = re.compile(
     r"^\s+(input|output|log|jobid|reason|wildcards|resources|message|shell|threads|"
@@ -351,7 +357,9 @@ def failed_logs(run: Run, rundir: Path) -> list[Path]:
 
 def log_error(path: Path) -> str:
     """The error lines of a log: exception and ERROR lines, and its last non-empty line."""
-    lines = [line.rstrip() for line in path.read_text(errors="replace").splitlines()]
+    lines = [
+        LOG_STAMP.sub("", line.rstrip()) for line in path.read_text(errors="replace").splitlines()
+    ]
     lines = [line for line in lines if line.strip()]
     picked = [line.strip() for line in lines if ERROR_LINE.match(line)]
     if lines and lines[-1].strip() not in picked:
