@@ -10,6 +10,7 @@ from kappadiff import lensing, stats
 from kappadiff.products import (
     ProductError,
     image_hdu,
+    provenance,
     save_npy,
     tan_header,
     write_fits,
@@ -18,6 +19,9 @@ from kappadiff.products import (
 from kappadiff.stages import baselines
 
 N, SCALE, NBIN = 16, 16.0, 4
+#: The catalogue identity every patch product carries (products.CATALOGUE_CARDS).
+IDENTITY = {"SOURCE": "mock", "CATALOG": "synthetic.fits", "CATHASH": "0123456789abcdef"}
+
 ELL = np.geomspace(10.0, 1e5, 64)
 CL = 1e-7 * (ELL / 100.0) ** -1.5
 
@@ -57,7 +61,8 @@ def _write_patch(path, rng, **override):
     images = {"G1": g1, "G2": g2, "SIGMA": sigma, "MASK": mask, "NGAL": 10 * mask}
     images.update(override)
     wcs = tan_header(30.0, -20.0, N, SCALE)
-    write_fits(path, [image_hdu(k, v, wcs) for k, v in images.items()])
+    cards = provenance(None, **IDENTITY)
+    write_fits(path, [image_hdu(k, v, wcs) for k, v in images.items()], primary_header=cards)
     return kappa
 
 

@@ -13,11 +13,21 @@ from kappadiff.diffusion.data import Normalisation
 from kappadiff.diffusion.process import make_schedule
 from kappadiff.diffusion.unet import UNet, UNetConfig
 from kappadiff.lensing import kappa_to_shear
-from kappadiff.products import ProductError, image_hdu, tan_header, write_fits, write_table
+from kappadiff.products import (
+    ProductError,
+    image_hdu,
+    provenance,
+    tan_header,
+    write_fits,
+    write_table,
+)
 from kappadiff.stages import posterior
 from kappadiff.stages.posterior import sample_patch
 
 N, BINS = 16, 4
+#: The catalogue identity every patch product carries (products.CATALOGUE_CARDS).
+IDENTITY = {"SOURCE": "mock", "CATALOG": "synthetic.fits", "CATHASH": "0123456789abcdef"}
+
 SAMPLING = {
     "n_samples": 3,
     "batch_size": 2,
@@ -71,7 +81,8 @@ def write_patch(path, rng, npix=N):
     g2 = g2 + sigma * rng.normal(size=kappa.shape)
     wcs = tan_header(150.0, -30.0, npix, 16.0)
     arrays = {"G1": g1, "G2": g2, "SIGMA": sigma, "MASK": mask, "NGAL": 10 * mask}
-    write_fits(path, [image_hdu(k, v, wcs) for k, v in arrays.items()])
+    cards = provenance(None, **IDENTITY)
+    write_fits(path, [image_hdu(k, v, wcs) for k, v in arrays.items()], primary_header=cards)
     return path
 
 
@@ -137,8 +148,8 @@ def test_speed_switches_change_nothing_on_cpu_and_rerun_nothing(tmp_path, data_p
         for name in ("MEAN", "STD", "SAMPLES", "CHI2", "DRIFT"):
             assert ha[name].data.tobytes() == hb[name].data.tobytes(), name
     assert posterior.sampling_params(config(**on)) == posterior.sampling_params(config())
-    key = posterior._resume_key("d", "m", 1, config(**on)["sampling"])
-    assert key == posterior._resume_key("d", "m", 1, config()["sampling"])
+    key = posterior._resume_key("d", "m", 1, 3, config(**on)["sampling"])
+    assert key == posterior._resume_key("d", "m", 1, 3, config()["sampling"])
 
 
 def test_preempted_job_resumes_from_finished_batches(tmp_path, data_path, model_path, monkeypatch):
@@ -289,7 +300,8 @@ def test_patch_of_the_wrong_size_is_refused(tmp_path, rng, model_path):
 
 def test_missing_hdu_is_named(tmp_path, rng, model_path):
     path = tmp_path / "patch_0002.fits"
-    write_fits(path, [image_hdu("G1", np.zeros((BINS, N, N)), tan_header(0, 0, N, 16.0))])
+    g1 = image_hdu("G1", np.zeros((BINS, N, N)), tan_header(0, 0, N, 16.0))
+    write_fits(path, [g1], primary_header=provenance(None, **IDENTITY))
     with pytest.raises(ProductError, match=r"patch_0002.fits: no HDU \['G2', 'SIGMA', 'MASK'\]"):
         sample_patch(path, model_path, tmp_path / "out.fits", config(), 2)
 
@@ -309,6 +321,7 @@ def test_tuned_scaling_file_replaces_t_bar_and_sigma_t(tmp_path, data_path, mode
             "t_bar": np.array([520.0, 510, 490, 480]),
             "sigma_t": np.array([15.0, 20, 25, 30]),
         },
+        header=IDENTITY,  # tuned on the mocks of the data's own catalogue
     )
     out = sample_patch(
         data_path, model_path, tmp_path / "t.fits", config(scaled=False), 3, scaling_path=scaling
@@ -326,3 +339,9 @@ def test_tuned_scaling_file_replaces_t_bar_and_sigma_t(tmp_path, data_path, mode
         assert [h[f"TBAR{b}"] for b in range(1, 5)] == [520, 510, 490, 480]
         assert [h[f"SIGT{b}"] for b in range(1, 5)] == [15, 20, 25, 30]
         assert ho["SAMPLES"].data.tobytes() == hr["SAMPLES"].data.tobytes()
+    # a scaling tuned on another catalogue's mocks is refused, naming both files
+    other = tmp_path / "other_scaling.fits"
+    columns = {"bin": np.arange(1, 5), "t_bar": np.full(4, 500.0), "sigma_t": np.full(4, 20.0)}
+    write_table(other, columns, header={**IDENTITY, "SOURCE": "fits", "CATHASH": "ffff"})
+    with pytest.raises(ProductError, match=r"other_scaling.fits was made from catalogue .*patch"):
+        sample_patch(data_path, model_path, tmp_path / "x.fits", config(), 3, scaling_path=other)

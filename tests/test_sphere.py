@@ -12,6 +12,7 @@ from kappadiff import sphere
 from kappadiff.products import (
     ProductError,
     image_hdu,
+    provenance,
     read_healpix,
     read_table,
     tan_header,
@@ -20,6 +21,9 @@ from kappadiff.products import (
 )
 from kappadiff.stages.layout import extract_patches, write_fullsky_layout, write_index_table
 from kappadiff.stages.mosaic import write_mosaic
+
+#: The catalogue identity every patch product carries (products.CATALOGUE_CARDS).
+IDENTITY = {"SOURCE": "mock", "CATALOG": "synthetic.fits", "CATHASH": "0123456789abcdef"}
 
 PATCH_DEG = 4.2667
 
@@ -288,7 +292,8 @@ def test_extract_patches_stage_checks_inputs(tmp_path, repo_root):
 
 def _patch_file(path, ra0, dec0, n, s, mean, std):
     hdr = tan_header(ra0, dec0, n, s)
-    write_fits(path, [image_hdu("MEAN", mean, hdr), image_hdu("STD", std, hdr)])
+    hdus = [image_hdu("MEAN", mean, hdr), image_hdu("STD", std, hdr)]
+    write_fits(path, hdus, primary_header=provenance(None, **IDENTITY))
 
 
 def test_write_mosaic_stage(tmp_path, repo_root, rng):
@@ -309,7 +314,8 @@ def test_write_mosaic_stage(tmp_path, repo_root, rng):
     covmap, _ = read_healpix(tmp_path / "cov.fits")
     np.testing.assert_array_equal(covmap[0], cov)
     # a patch file without a TAN WCS names the file and keyword
-    write_fits(tmp_path / "bad.fits", [image_hdu("MEAN", mean[0]), image_hdu("STD", std[0])])
+    bad = [image_hdu("MEAN", mean[0]), image_hdu("STD", std[0])]
+    write_fits(tmp_path / "bad.fits", bad, primary_header=provenance(None, **IDENTITY))
     with pytest.raises(ProductError, match="bad.fits.*CRVAL1"):
         write_mosaic(
             [tmp_path / "bad.fits"], ["MEAN"], outs[:1], tmp_path / "c.fits", nside, config

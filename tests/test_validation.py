@@ -11,6 +11,9 @@ from kappadiff import plots, products
 from kappadiff.lensing import fourier_ell
 from kappadiff.stages import validation as val
 
+#: The catalogue identity every patch product carries (products.CATALOGUE_CARDS).
+IDENTITY = {"SOURCE": "mock", "CATALOG": "synthetic.fits", "CATHASH": "0123456789abcdef"}
+
 N_BINS = 4
 
 
@@ -74,12 +77,13 @@ def write_run(path, samples, scaling, n_steps=5):
             products.image_hdu("DRIFT", drift),
             products.image_hdu("TSTEPS", t, dtype=np.int32),
         ],
-        primary_header=products.provenance(None, **cards),
+        primary_header=products.provenance(None, **cards, **IDENTITY),
     )
 
 
 def write_kappa(path, kappa):
-    products.write_fits(path, [products.image_hdu("KAPPA", kappa)])
+    cards = products.provenance(None, **IDENTITY)
+    products.write_fits(path, [products.image_hdu("KAPPA", kappa)], primary_header=cards)
 
 
 def write_candidates(directory, truth, runs):
@@ -103,7 +107,11 @@ def write_masks(directory, truth, mask=None):
     paths = []
     for p in range(truth.shape[0]):
         paths.append(directory / f"data_{p:04d}.fits")
-        products.write_fits(paths[-1], [products.image_hdu("MASK", mask[p])])
+        products.write_fits(
+            paths[-1],
+            [products.image_hdu("MASK", mask[p])],
+            primary_header=products.provenance(None, **IDENTITY),
+        )
     return paths
 
 
@@ -650,7 +658,11 @@ def test_validate_statistics_writes_tables_and_figures(tmp_path, rng):
             files[k].append(tmp_path / f"{k}_{p}.fits")
             write_kappa(files[k][-1], m)
         files["data"].append(tmp_path / f"data_{p}.fits")
-        products.write_fits(files["data"][-1], [products.image_hdu("MASK", np.ones_like(truth[p]))])
+        products.write_fits(
+            files["data"][-1],
+            [products.image_hdu("MASK", np.ones_like(truth[p]))],
+            primary_header=products.provenance(None, **IDENTITY),
+        )
     # training cut-outs of twice the truth's amplitude: 4x its power at every l
     cutouts = tmp_path / "cutouts.npy"
     np.save(cutouts, 2.0 * np.sqrt(5.0) * rng.normal(size=(40, N_BINS, 16, 16)).astype(np.float32))
