@@ -45,6 +45,8 @@ rule baseline_ks:
         f"{RESULTS}/baselines/ks/patch_{{patch}}.fits",
     log:
         f"{RESULTS}/logs/baseline_ks/patch_{{patch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baseline_ks/patch_{{patch}}.tsv"
     conda:
         ENV
     threads: 1
@@ -113,6 +115,8 @@ use rule baseline_ks as baseline_ks_mock with:
         f"{RESULTS}/mocks/baselines/ks/patch_{{patch}}.fits",
     log:
         f"{RESULTS}/logs/baseline_ks_mock/patch_{{patch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baseline_ks_mock/patch_{{patch}}.tsv"
 
 
 use rule baseline_wiener as baseline_wiener_mock with:

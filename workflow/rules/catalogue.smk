@@ -101,6 +101,8 @@ rule catalogue_footprint:
         f"{RESULTS}/catalogue/footprint.fits",
     log:
         f"{RESULTS}/logs/catalogue_footprint.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/catalogue_footprint.tsv"
     conda:
         ENV
     threads: 1

@@ -23,6 +23,8 @@ rule layout_fullsky:
         f"{RESULTS}/layout/fullsky.fits",
     log:
         f"{RESULTS}/logs/layout_fullsky.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/layout_fullsky.tsv"
     conda:
         ENV
     threads: 1
@@ -44,6 +46,8 @@ rule layout_footprint:
         f"{RESULTS}/layout/footprint.fits",
     log:
         f"{RESULTS}/logs/layout_footprint.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/layout_footprint.tsv"
     conda:
         ENV
     threads: 1

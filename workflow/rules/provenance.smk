@@ -4,6 +4,8 @@ rule resolved_config:
         f"{RESULTS}/config.resolved.yaml",
     log:
         f"{RESULTS}/logs/resolved_config.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/resolved_config.tsv"
     conda:
         ENV
     threads: 1

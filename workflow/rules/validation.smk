@@ -101,6 +101,8 @@ rule tarp_search:
         coverage=f"{VALIDATION}/tarp_search.fits",
     log:
         f"{RESULTS}/logs/tarp_search.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tarp_search.tsv"
     conda:
         ENV
     threads: 1
@@ -132,6 +134,8 @@ rule validate_calibration:
         ),
     log:
         f"{RESULTS}/logs/validate_calibration.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/validate_calibration.tsv"
     conda:
         ENV
     threads: 1
@@ -174,6 +178,8 @@ rule validate_statistics:
         ),
     log:
         f"{RESULTS}/logs/validate_statistics.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/validate_statistics.tsv"
     conda:
         ENV
     threads: 1
@@ -201,6 +207,8 @@ rule validate_patch_figure:
         ),
     log:
         f"{RESULTS}/logs/validate_patch_figure.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/validate_patch_figure.tsv"
     conda:
         ENV
     threads: 1
@@ -227,6 +235,8 @@ rule validate_mosaic_figure:
         ),
     log:
         f"{RESULTS}/logs/validate_mosaic_figure.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/validate_mosaic_figure.tsv"
     conda:
         ENV
     threads: 1
