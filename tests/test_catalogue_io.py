@@ -395,10 +395,10 @@ def test_pixelise_refuses_a_catalogue_in_no_patch(test_config, tmp_path, rng, ca
         config["catalogue"]["fits"]["radec_units"] = "rad"
         cause = r"its 4000 galaxies span .* deg: beyond \|Dec\| <= 90 deg, so not degrees: check "
         cause += r"catalogue.fits.radec_units"
-    centre = f"0 \\({table['ra'][0]:.1f}, {table['dec'][0]:.1f}\\)"
+    centre = f"patch 0 \\(RA {table['ra'][0]:.1f}, Dec {table['dec'][0]:.1f}\\)"
     with pytest.raises(
         CatalogueError,
-        match=rf"cat.fits: no galaxy falls in any configured data patch \(2; .*{centre}.*; "
+        match=rf"cat.fits: no galaxy falls in any of the 2 configured patches .*{centre}.*; "
         + cause,
     ):
         _pixelise_fits(config, layout, cols, [0, 1], tmp_path)
@@ -442,7 +442,7 @@ def test_pixelise_counts_duplicate_rows(test_config, tmp_path, rng):
     assert h["NREAD"] == h["NUSED"] + rejected
     config["catalogue"]["duplicates"] = "error"
     with pytest.raises(
-        CatalogueError, match=rf"cat.fits: 11 of the {n + 11} galaxies used repeat an earlier row"
+        CatalogueError, match=rf"cat.fits: 11 duplicate rows: 11 of the {n + 11} galaxies used repeat an earlier row"
     ):
         _pixelise_fits(config, layout, cols, [0, 1], tmp_path)
 

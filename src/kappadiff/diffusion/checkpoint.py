@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +75,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+    except Exception as err:  # noqa: BLE001 - truncation, corruption or a refused global
+        # (weights_only's UnpicklingError): each is an unreadable file, named
         size = os.path.getsize(path)
         raise ProductError(
             f"{path}: not a readable torch checkpoint ({size} bytes; cut short?): {err}"

@@ -370,11 +370,11 @@ def _calibration(
 
 
 def _centres(grid: PatchGrid, ids: np.ndarray, wanted: Sequence[int], most: int = 5) -> str:
-    """'id (RA, Dec)' of the first ``most`` of the patches ``wanted``, for messages."""
+    """'patch id (RA, Dec)' of the first ``most`` of the patches ``wanted``, for messages."""
     entries = []
     for i in list(wanted)[:most]:
         k = int(np.flatnonzero(ids == i)[0])
-        entries.append(f"{i} ({grid.ra0[k]:.1f}, {grid.dec0[k]:.1f})")
+        entries.append(f"patch {i} (RA {grid.ra0[k]:.1f}, Dec {grid.dec0[k]:.1f})")
     more = len(wanted) - most
     return ", ".join(entries) + (f" and {more} more" if more > 0 else "")
 
@@ -397,8 +397,8 @@ def _no_data_message(
     chunks: Callable[[], Iterable[GalaxyChunk]], grid: PatchGrid, ids: np.ndarray, where: str
 ) -> str:
     return (
-        f"{where}: no galaxy falls in any configured data patch ({len(ids)}; id (RA, Dec) "
-        f"of the centres in deg: {_centres(grid, ids, ids.tolist())}); "
+        f"{where}: no galaxy falls in any of the {len(ids)} configured patches (centres in "
+        f"deg: {_centres(grid, ids, ids.tolist())}); "
         f"{_extent(chunks)}"
     )
 
@@ -416,7 +416,7 @@ def _empty_patches_message(
     parts = []
     if no_galaxy:
         parts.append(
-            f"no galaxy falls in {no_galaxy} (id (RA, Dec) of the centres in deg: "
+            f"no galaxy falls in {no_galaxy} (centres in deg: "
             f"{_centres(grid, ids, no_galaxy)}; {_extent(chunks)})"
         )
     masked = {i: n for i, n in empty.items() if n > 0}
@@ -436,8 +436,8 @@ def _check_duplicates(acct: Accounting, policy: str, where: str) -> None:
     if not acct.duplicates:
         return
     message = (
-        f"{where}: {acct.duplicates} of the {acct.used} galaxies used repeat an earlier row "
-        "(same ra, dec, e1, e2)"
+        f"{where}: {acct.duplicates} duplicate rows: {acct.duplicates} of the {acct.used} "
+        "galaxies used repeat an earlier row (same ra, dec, e1, e2)"
     )
     if policy == "error":
         raise CatalogueError(
