@@ -442,7 +442,8 @@ def test_pixelise_counts_duplicate_rows(test_config, tmp_path, rng):
     assert h["NREAD"] == h["NUSED"] + rejected
     config["catalogue"]["duplicates"] = "error"
     with pytest.raises(
-        CatalogueError, match=rf"cat.fits: 11 duplicate rows: 11 of the {n + 11} galaxies used repeat an earlier row"
+        CatalogueError,
+        match=rf"cat.fits: 11 duplicate rows: 11 of the {n + 11} galaxies used repeat an earlier",
     ):
         _pixelise_fits(config, layout, cols, [0, 1], tmp_path)
 
