@@ -242,7 +242,7 @@ rule validate_mosaic_figure:
     threads: 1
     resources:
         runtime=10,
-        mem_mb=4000,
+        mem_mb=validation_stage.mosaic_figure_memory_mb(config["mosaic"]["nside"]),
     params:
         config=validation_params(),
     script:

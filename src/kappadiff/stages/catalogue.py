@@ -94,6 +94,11 @@ log = logging.getLogger(__name__)
 
 _DESY3_KEYS = ("metacal", "index", "sompz")
 
+#: Bytes per nside^2 of the 4 float32 convergence maps, one bin's float64 shear maps and its
+#: spherical-harmonic transforms: the mock catalogue's peak RSS was 4.0 GB at nside 2048
+#: (config/desy3_smoke.yaml), 840 nside^2 above the interpreter's 0.5 GB.
+SHEAR_MAP_BYTES = 850
+
 
 def mock_catalogue_files(config: Mapping[str, Any]) -> dict[str, str]:
     """Files the mock catalogue is written to: ``fits``, plus the DES HDF5 triple if asked."""
@@ -160,11 +165,11 @@ def mock_memory_mb(config: Mapping[str, Any]) -> int:
     """Memory (MB) of the ``mock_catalogue`` job, for the rule's ``mem_mb``.
 
     The 4 float32 convergence maps, one bin's float64 shear maps and its spherical-harmonic
-    transforms (~ 620 nside^2 bytes in all), and, for the DES HDF5 layout written from
-    memory, 100 bytes a galaxy; plus 30 % and 500 MB for the interpreter.
+    transforms (:data:`SHEAR_MAP_BYTES` nside^2 bytes in all), and, for the DES HDF5 layout
+    written from memory, 100 bytes a galaxy; plus 30 % and 500 MB for the interpreter.
     """
     cat = config["catalogue"]
-    maps = 620 * config["sims"]["nside"] ** 2
+    maps = SHEAR_MAP_BYTES * config["sims"]["nside"] ** 2
     galaxies = 0
     if cat["mock_format"] == "desy3":
         wanted = config["sampling"]["patches"]
@@ -201,7 +206,7 @@ def mock_pixelise_memory_mb(config: Mapping[str, Any]) -> int:
     if config["catalogue"]["source"] == "mock":
         return base
     npix = 12 * config["sims"]["nside"] ** 2
-    maps = 3 * 4 * DESY3_N_BINS * npix + 620 * config["sims"]["nside"] ** 2
+    maps = 3 * 4 * DESY3_N_BINS * npix + SHEAR_MAP_BYTES * config["sims"]["nside"] ** 2
     return base + int(1.3 * maps / 2**20)
 
 

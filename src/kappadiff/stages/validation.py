@@ -59,6 +59,7 @@ __all__ = [
     "mean_error",
     "mean_rho",
     "mosaic_figure",
+    "mosaic_figure_memory_mb",
     "patch_figure",
     "power_error",
     "power_ratio",
@@ -1443,6 +1444,16 @@ def patch_figure(
     title = f"patch {header.get('PATCH', Path(posterior_path).stem)}"
     _save_figure(plots.patch_reconstructions(maps, clusters, title, label), figure_output)
     return Path(figure_output)
+
+
+def mosaic_figure_memory_mb(nside: int) -> int:
+    """Memory (MB) of the ``validate_mosaic_figure`` job at the mosaic's ``nside``.
+
+    The mean, std and coverage maps (9 float32 a pixel), the two float64 maps drawn and
+    skyproj's rendering: 12.4 GB measured at nside 4096 (config/desy3_smoke.yaml), 61 bytes
+    a pixel; counted as 64 bytes a pixel, plus 30 % and 1.5 GB.
+    """
+    return int(1.3 * 12 * nside**2 * 64 / 1e6) + 1500
 
 
 def mosaic_figure(
