@@ -6,9 +6,9 @@ posterior mean of a shear patch is a tomographic Wiener filter, so the loss of D
 its likelihood approximation, its step rule and its κ → γ operator, can be measured apart
 from the network. On the validation mock patches this script compares, per bin:
 
-* the tomographic Wiener filter (the pipeline's ``baselines/wiener_tomo`` products), the
+* the tomographic Wiener filter (the pipeline's ``mocks/baselines/wiener_tomo`` products), the
   Gaussian optimum;
-* the per-bin Wiener filter (``baselines/wiener``), the paper's baseline;
+* the per-bin Wiener filter (``mocks/baselines/wiener``), the paper's baseline;
 * the mean of ``--n-samples`` DPS samples drawn with the Gaussian denoiser, for each
   ``--shear-pads`` x ``--t-bars`` (0: unscaled DPS), at the config's ``sampling`` steps.
 
@@ -70,12 +70,12 @@ def main() -> None:
     data, mask = [], []
     methods: dict[str, np.ndarray] = {}
     for p in patches:
-        images, _ = read_data_patch(res / "data" / f"patch_{p:04d}.fits", scale)
+        images, _ = read_data_patch(res / "mocks" / "data" / f"patch_{p:04d}.fits", scale)
         data.append(images)
         mask.append(images["MASK"])
-    # the truth and the pipeline's two Wiener filters of the same patches
-    for name, folder in (("truth", "truth"), ("wiener", "baselines/wiener"),
-                         ("wiener_tomo", "baselines/wiener_tomo")):  # fmt: skip
+    # the truth and the pipeline's two Wiener filters of the same validation mocks
+    for name, folder in (("truth", "mocks/truth"), ("wiener", "mocks/baselines/wiener"),
+                         ("wiener_tomo", "mocks/baselines/wiener_tomo")):  # fmt: skip
         methods[name] = np.asarray(
             [
                 read_images(res / folder / f"patch_{p:04d}.fits", ["KAPPA"])[0]["KAPPA"]

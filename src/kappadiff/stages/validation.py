@@ -766,10 +766,10 @@ def search_scaling(
         ``{run name: {"scaled", "t_bar", "sigma_t"}}``; runs with ``scaled`` False are
         evaluated for comparison but never chosen.
     truth_paths
-        ``results/truth/patch_{id}.fits`` (HDU KAPPA) of the mock patches.
+        ``results/mocks/truth/patch_{id}.fits`` (HDU KAPPA) of the mock patches.
     data_paths
-        ``results/data/patch_{id}.fits`` of the same patches (HDU MASK: the accuracy of a
-        mean is of its observed pixels).
+        ``results/mocks/data/patch_{id}.fits`` of the same patches (HDU MASK: the accuracy
+        of a mean is of its observed pixels).
     references_path
         Prior reference maps (:func:`draw_tarp_references`).
     scaling_output
