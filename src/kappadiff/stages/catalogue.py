@@ -674,6 +674,7 @@ def pixelise_mocks(
             log.info("validation mocks: the catalogue's shapes rotated plus the sky's shear")
             g1, g2 = (np.empty(kappa.shape, np.float32) for _ in range(2))
             for b in range(len(kappa)):
+                log.info("bin %d of %d: shear of the held-out sky", b + 1, len(kappa))
                 g1[b], g2[b] = sims.shear_from_kappa(kappa[b])
             reduced = kappa.astype(np.float32) if cat["reduced_shear"] else None
             return ShapeNoiseMock(g1, g2, reduced, seed)
