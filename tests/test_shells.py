@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from kappadiff import shells, sims
-from kappadiff.products import read_healpix
+from kappadiff.products import ProductError, read_healpix
 from kappadiff.stages.sims import make_tomography
 
 NSIDE = 16
@@ -140,6 +140,16 @@ def test_gowerstreet_mixed_nside_names_the_file(tmp_path, rng):
     with pytest.raises(shells.ShellError, match="mixed nside") as err:
         shells.gowerstreet_shells(directory)
     assert "run.00098.lightcone.npy" in str(err.value)
+
+
+def test_truncated_shell_file_is_named(tmp_path, rng):
+    """A lightcone .npy cut short is reported with its name and both sizes when indexed
+    (np.load says only "mmap length is greater than file size")."""
+    directory, _ = _gowerstreet(tmp_path, rng)
+    path = directory / "run.00098.lightcone.npy"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ProductError, match=r"run\.00098\.lightcone\.npy.*1000 bytes"):
+        shells.gowerstreet_shells(directory)
 
 
 def test_zero_count_shell_names_the_file(tmp_path, rng):

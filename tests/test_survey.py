@@ -9,6 +9,7 @@ import pytest
 from astropy.io import fits
 
 from kappadiff import sims, survey
+from kappadiff.products import ProductError
 
 
 @functools.cache
@@ -107,5 +108,16 @@ def test_read_nz_fits_without_nz_source(tmp_path):
     z = np.linspace(0.01, 2.0, 100)
     _write_2pt(path, z, survey.desy3_nz(z), hdu_name="NZ_LENS")
     with pytest.raises(survey.NzError, match="no HDU 'nz_source'") as err:
+        survey.read_nz(path)
+    assert str(path) in str(err.value)
+
+
+def test_read_nz_names_a_truncated_fits_file(tmp_path):
+    """A 2pt FITS file cut inside its table: the error names it (astropy names no file)."""
+    path = tmp_path / "2pt.fits"
+    z = np.linspace(0.01, 2.0, 100)
+    _write_2pt(path, z, survey.desy3_nz(z))
+    path.write_bytes(path.read_bytes()[:-1500])  # inside the table data
+    with pytest.raises(ProductError, match=r"2pt\.fits") as err:
         survey.read_nz(path)
     assert str(path) in str(err.value)

@@ -37,6 +37,7 @@ import healpy as hp
 import numpy as np
 
 from .errors import KappadiffInputError
+from .products import load_npy
 
 __all__ = [
     "ShellError",
@@ -301,7 +302,7 @@ def gowerstreet_shells(directory: str | os.PathLike, zmax: float | None = None) 
 
     nside = None
     for s in steps:
-        npix = np.load(files[s], mmap_mode="r").shape
+        npix = load_npy(files[s], mmap_mode="r").shape
         if len(npix) != 1:
             raise ShellError(f"{files[s]}: shape {npix} is not one HEALPix map")
         this = _nside_of(npix[0], os.fspath(files[s]))
@@ -330,7 +331,7 @@ def gowerstreet_shells(directory: str | os.PathLike, zmax: float | None = None) 
 
 def _read_npy_files(paths: tuple[Path, ...]) -> Iterator[tuple[int, np.ndarray]]:
     for s, path in enumerate(paths):
-        yield s, np.load(path)
+        yield s, load_npy(path)
 
 
 # --- CosmoGridV1 --------------------------------------------------------------------------

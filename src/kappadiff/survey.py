@@ -150,9 +150,9 @@ def read_nz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """
     path = os.fspath(path)
     if path.lower().endswith((".fits", ".fit", ".fits.gz")):
-        from astropy.io import fits
+        from .products import open_fits  # a cut or altered file is named
 
-        with fits.open(path, memmap=False) as hdul:
+        with open_fits(path) as hdul:
             names = [h.name for h in hdul]
             if "NZ_SOURCE" not in names:
                 raise NzError(f"{path}: no HDU 'nz_source' (found {names})")
