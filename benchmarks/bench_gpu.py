@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -68,6 +69,9 @@ import numpy as np
 import torch
 import yaml
 
+# a sibling benchmark script: run as `python benchmarks/bench_gpu.py`, its folder is on sys.path
+from bench_train import settings_for
+
 import kappadiff.diffusion.train as train_module
 import kappadiff.diffusion.unet as unet_module
 from kappadiff.diffusion.data import CutoutSet, Normalisation
@@ -76,7 +80,7 @@ from kappadiff.diffusion.gaussian import draw_gaussian
 from kappadiff.diffusion.process import loss, make_schedule, x0_eps_from_v
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
 from kappadiff.diffusion.speed import Speedups, prepare_network
-from kappadiff.diffusion.train import TrainSettings, new_state, step_noise, train
+from kappadiff.diffusion.train import new_state, step_noise, train
 from kappadiff.diffusion.unet import Attention, UNet, UNetConfig, count_parameters
 from kappadiff.lensing import kappa_to_shear
 
@@ -280,21 +284,6 @@ def synthetic_cutouts(ctx: Context, n: int) -> np.ndarray:
     return (0.02 * rng.standard_normal((n, 4, ctx.paper_npix, ctx.paper_npix))).astype(np.float32)
 
 
-def train_settings(batch: int, steps: int, bf16: bool, lr: float = 1e-4, warmup: int = 0):
-    return TrainSettings(
-        steps=steps,
-        batch_size=batch,
-        lr=lr,
-        warmup_steps=warmup,
-        weight_decay=0.0,
-        ema_decay=0.995,
-        grad_clip=1.0,
-        min_snr_gamma=5.0,
-        bf16=bf16,
-        seed=0,
-    )
-
-
 @contextlib.contextmanager
 def strict_fp32():
     """float32 matmuls and convolutions without TF32 (cuDNN allows TF32 by default)."""
@@ -324,7 +313,7 @@ def train_rate(spec: dict, ctx: Context, on_ready=None) -> dict:
     # autocast runs the convolutions anyway
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
     batch, n_steps = spec["batch"], 1 + ctx.warmup + ctx.timed
-    settings = train_settings(batch, n_steps, spec["precision"] == "bf16")
+    settings = settings_for(n_steps, batch, spec["precision"] == "bf16")
     state = new_state(ctx.paper, settings, ctx.device)
     perturbed(state.model, 1)
     data = CutoutSet([synthetic_cutouts(ctx, max(2 * batch, 16))], seed=0, augment=True)
@@ -555,8 +544,9 @@ def train_check_network(ctx: Context, problem: CheckProblem, seconds: float) -> 
         draw_gaussian(problem.cov, 32 if ctx.tiny else 1024, np.random.default_rng(12))
     )
     kappa = ctx.norm.to_kappa(torch.from_numpy(fields)).numpy()
-    settings = train_settings(batch, 10**6, bf16=True, lr=1e-3, warmup=20)
-    settings = TrainSettings(**{**settings.__dict__, "ema_decay": 0.99})
+    settings = dataclasses.replace(
+        settings_for(10**6, batch, bf16=True, lr=1e-3, warmup=20), ema_decay=0.99
+    )
     state = new_state(ctx.check, settings, ctx.device)
     data = CutoutSet([kappa], seed=0, augment=True)
     t0 = time.perf_counter()
@@ -820,6 +810,31 @@ def fmt(v, spec: str = ".3g") -> str:
     return "" if v is None else format(v, spec)
 
 
+def variant_rows(rows, task, flops, peak, rates, checks) -> list[str]:
+    """Markdown rows of measured variants: name, batch, s/step, the task's ``rates(r)``,
+    % of peak (counted, 3F), first step, peak memory and the task's ``checks(r)``; a
+    variant that failed gets its error line."""
+    lines = []
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | {r.get('batch')} | {r['error']} |||||||")
+            continue
+        c, i = fractions(task, r, flops, peak)
+        cells = [
+            r["name"],
+            r["batch"],
+            f"{r['s_per_step']:.4f}",
+            *rates(r),
+            fmt(c and 100 * c, ".1f"),
+            fmt(i and 100 * i, ".1f"),
+            f"{r['first_step_s']:.1f}",
+            fmt(r["peak_gib"], ".1f"),
+            *checks(r),
+        ]
+        lines.append("| " + " | ".join(str(x) for x in cells) + " |")
+    return lines
+
+
 def markdown(d: dict) -> str:
     info, flops = d["info"], d["flops"]
     peak = info["peak_tflops"] * 1e12
@@ -847,18 +862,17 @@ def markdown(d: dict) -> str:
         "first step s | peak GiB | v / grad rel. diff. vs fp32 | vs eager bf16 |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in d["dps"]:
-        if "error" in r:
-            lines.append(f"| {r['name']} | {r.get('batch')} | {r['error']} |||||||")
-            continue
-        c, i = fractions("dps", r, flops, peak)
-        lines.append(
-            f"| {r['name']} | {r['batch']} | {r['s_per_step']:.4f} | {r['samples_per_min']:.1f} "
-            f"| {fmt(c and 100 * c, '.1f')} | {fmt(i and 100 * i, '.1f')} | "
-            f"{r['first_step_s']:.1f} | {fmt(r['peak_gib'], '.1f')} | "
-            f"{r['v_vs_fp32']:.1e} / {r['grad_vs_fp32']:.1e} | "
-            f"{r['v_vs_bf16']:.1e} / {r['grad_vs_bf16']:.1e} |"
-        )
+    lines += variant_rows(
+        d["dps"],
+        "dps",
+        flops,
+        peak,
+        rates=lambda r: [f"{r['samples_per_min']:.1f}"],
+        checks=lambda r: [
+            f"{r['v_vs_fp32']:.1e} / {r['grad_vs_fp32']:.1e}",
+            f"{r['v_vs_bf16']:.1e} / {r['grad_vs_bf16']:.1e}",
+        ],
+    )
     lines += [
         "",
         "## Training (library `train`: data, bf16 autocast, AdamW, clipping, EMA)",
@@ -867,17 +881,14 @@ def markdown(d: dict) -> str:
         "% peak (3F) | first step s | peak GiB | first loss rel. diff. vs fp32 |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in d["train"]:
-        if "error" in r:
-            lines.append(f"| {r['name']} | {r.get('batch')} | {r['error']} |||||||")
-            continue
-        c, i = fractions("train", r, flops, peak)
-        lines.append(
-            f"| {r['name']} | {r['batch']} | {r['s_per_step']:.4f} | {r['steps_per_s']:.2f} | "
-            f"{r['cutouts_per_s']:.1f} | {fmt(c and 100 * c, '.1f')} | "
-            f"{fmt(i and 100 * i, '.1f')} | {r['first_step_s']:.1f} | "
-            f"{fmt(r['peak_gib'], '.1f')} | {r['loss0_vs_fp32']:.1e} |"
-        )
+    lines += variant_rows(
+        d["train"],
+        "train",
+        flops,
+        peak,
+        rates=lambda r: [f"{r['steps_per_s']:.2f}", f"{r['cutouts_per_s']:.1f}"],
+        checks=lambda r: [f"{r['loss0_vs_fp32']:.1e}"],
+    )
     lines += ["", "## bf16 against fp32: posterior means (default UNet trained here)", ""]
     for r in d["posterior"]:
         if r["name"] == "training":

@@ -26,18 +26,20 @@ NETWORKS = {
 }
 
 
-def settings_for(steps: int, batch: int) -> TrainSettings:
-    """Training settings of the benchmark (the default config's, without warm-up)."""
+def settings_for(
+    steps: int, batch: int, bf16: bool = True, lr: float = 1e-4, warmup: int = 0
+) -> TrainSettings:
+    """Training settings of the benchmarks (the default config's, without warm-up)."""
     return TrainSettings(
         steps=steps,
         batch_size=batch,
-        lr=1e-4,
-        warmup_steps=0,
+        lr=lr,
+        warmup_steps=warmup,
         weight_decay=0.0,
         ema_decay=0.995,
         grad_clip=1.0,
         min_snr_gamma=5.0,
-        bf16=True,
+        bf16=bf16,
         seed=0,
     )
 

@@ -1090,29 +1090,18 @@ def _bad_rows_case(p: Probe, number: int, which: str, card: str, injected: int) 
     return [row]
 
 
-@case(21, "3 rows with e1 = NaN (FITS catalogue)")
-def case_21(p: Probe) -> list[Row]:
-    return _bad_rows_case(p, 21, "A", "REJNAN", 3)
-
-
-@case(22, "4 rows with e2 = inf (FITS catalogue)")
-def case_22(p: Probe) -> list[Row]:
-    return _bad_rows_case(p, 22, "B", "REJNAN", 4)
-
-
-@case(23, "5 rows with bin = -1 (FITS catalogue)")
-def case_23(p: Probe) -> list[Row]:
-    return _bad_rows_case(p, 23, "A", "REJBIN", 5)
-
-
-@case(24, "6 rows with weight 0 or -0.5 (FITS catalogue)")
-def case_24(p: Probe) -> list[Row]:
-    return _bad_rows_case(p, 24, "A", "REJWGT", 6)
-
-
-@case(25, "7 rows with e1 = 1.5, |e| > 1 (FITS catalogue)")
-def case_25(p: Probe) -> list[Row]:
-    return _bad_rows_case(p, 25, "B", "REJELL", 7)
+#: Bad-row cases: number, title, the bad-row run it reads (A or B), card, rows injected.
+BAD_ROW_CASES = (
+    (21, "3 rows with e1 = NaN (FITS catalogue)", "A", "REJNAN", 3),
+    (22, "4 rows with e2 = inf (FITS catalogue)", "B", "REJNAN", 4),
+    (23, "5 rows with bin = -1 (FITS catalogue)", "A", "REJBIN", 5),
+    (24, "6 rows with weight 0 or -0.5 (FITS catalogue)", "A", "REJWGT", 6),
+    (25, "7 rows with e1 = 1.5, |e| > 1 (FITS catalogue)", "B", "REJELL", 7),
+)
+for _n, _title, _which, _card, _injected in BAD_ROW_CASES:
+    case(_n, _title)(
+        functools.partial(_bad_rows_case, number=_n, which=_which, card=_card, injected=_injected)
+    )
 
 
 @case(26, "RA/Dec in radians, declared degrees (the default)")

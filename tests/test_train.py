@@ -168,12 +168,18 @@ def test_training_reduces_loss(cutout_files):
     assert after < 0.8 * before
 
 
-def test_checkpoint_round_trip_weights_only(tmp_path, cutout_files):
+def _trained(cutout_files, steps):
+    """The tiny network trained ``steps`` steps on the cut-outs: (state, schedule, norm)."""
     arrays = open_cutouts(cutout_files)
     norm = fit_normalisation(arrays)
     sched = make_schedule()
     state = new_state(TINY, SETTINGS, torch.device("cpu"))
-    train(state, CutoutSet(arrays, seed=1), sched, norm, SETTINGS, stop_at=3, progress=False)
+    train(state, CutoutSet(arrays, seed=1), sched, norm, SETTINGS, stop_at=steps, progress=False)
+    return state, sched, norm
+
+
+def test_checkpoint_round_trip_weights_only(tmp_path, cutout_files):
+    state, sched, norm = _trained(cutout_files, 3)
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, checkpoint_state(state, sched, norm, SETTINGS, 16, {"note": "x"}))
     raw = torch.load(path, weights_only=True)  # must not need pickled classes
@@ -335,11 +341,7 @@ def test_content_hash_sees_every_cutout(rng):
 
 
 def test_model_hash_covers_weights_network_and_normalisation_only(tmp_path, cutout_files):
-    arrays = open_cutouts(cutout_files)
-    norm = fit_normalisation(arrays)
-    sched = make_schedule()
-    state = new_state(TINY, SETTINGS, torch.device("cpu"))
-    train(state, CutoutSet(arrays, seed=1), sched, norm, SETTINGS, stop_at=2, progress=False)
+    state, sched, norm = _trained(cutout_files, 2)
     ckpt = checkpoint_state(state, sched, norm, SETTINGS, 16)
     save_checkpoint(tmp_path / "a.pt", ckpt)
 
