@@ -779,27 +779,27 @@ def describe(section: str, row: dict, flops: dict | None, peak: float) -> str:
     head = f"{row['name']}: batch {row.get('batch')}"
     if "error" in row:
         return f"{head}: {row['error']}"
-    if section == "dps":
+    if section in ("dps", "train"):
         counted, issue = fractions(section, row, flops, peak)
-        text = (
-            f"{head}: {row['s_per_step']:.4f} s/step, {row['samples_per_min']:.1f} samples"
-            f"/GPU-min at {DPS_STEPS} steps; first step {row['first_step_s']:.1f} s"
+        share = (
+            ""
+            if counted is None
+            else f"; {100 * counted:.1f} % of peak counted, {100 * issue:.1f} % (3F)"
         )
-        if counted is not None:
-            text += f"; {100 * counted:.1f} % of peak counted, {100 * issue:.1f} % (3F)"
-        return text + (
+        first = f"first step {row['first_step_s']:.1f} s{share}"
+    if section == "dps":
+        return (
+            f"{head}: {row['s_per_step']:.4f} s/step, {row['samples_per_min']:.1f} samples"
+            f"/GPU-min at {DPS_STEPS} steps; {first}"
             f"; v/grad vs fp32 {row['v_vs_fp32']:.2e}/{row['grad_vs_fp32']:.2e}"
             f", vs eager bf16 {row['v_vs_bf16']:.2e}/{row['grad_vs_bf16']:.2e}"
         )
     if section == "train":
-        counted, issue = fractions(section, row, flops, peak)
-        text = (
+        return (
             f"{head}: {row['s_per_step']:.4f} s/step, {row['steps_per_s']:.2f} steps/s, "
-            f"{row['cutouts_per_s']:.1f} cut-outs/s; first step {row['first_step_s']:.1f} s"
+            f"{row['cutouts_per_s']:.1f} cut-outs/s; {first}"
+            f"; first loss vs fp32 {row['loss0_vs_fp32']:.2e}"
         )
-        if counted is not None:
-            text += f"; {100 * counted:.1f} % of peak counted, {100 * issue:.1f} % (3F)"
-        return text + f"; first loss vs fp32 {row['loss0_vs_fp32']:.2e}"
     if section == "posterior":
         z = ", ".join(f"{v:.3f}" for v in row.get("z", []))
         return f"{row['name']}: z rms per bin [{z}]; {row.get('samples_per_s', 0):.1f} samples/s"
