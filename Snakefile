@@ -14,7 +14,10 @@ include: "workflow/rules/baselines.smk"
 include: "workflow/rules/prior.smk"
 include: "workflow/rules/posterior.smk"
 include: "workflow/rules/mosaic.smk"
-include: "workflow/rules/validation.smk"
+include: "workflow/rules/validation_common.smk"
+include: "workflow/rules/scaling_search.smk"
+include: "workflow/rules/statistics.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

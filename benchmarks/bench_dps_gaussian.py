@@ -38,7 +38,7 @@ from kappadiff.diffusion.gaussian import GaussianDenoiser, mode_covariance
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
 from kappadiff.products import read_images
 from kappadiff.stages.baselines import read_cutouts
-from kappadiff.stages.validation import compare_statistics, log_ell_bins
+from kappadiff.stats import compare_statistics, log_ell_bins
 
 
 def main() -> None:

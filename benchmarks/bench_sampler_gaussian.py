@@ -26,7 +26,7 @@ from kappadiff import stats
 from kappadiff.diffusion.gaussian import GaussianDenoiser, draw_gaussian, mode_covariance
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
 from kappadiff.stages.prior import settings_from_config
-from kappadiff.stages.validation import log_ell_bins
+from kappadiff.stats import log_ell_bins
 
 
 def main() -> None:

@@ -39,7 +39,9 @@ from kappadiff.diffusion.dps import TrajectoryDiagnostic, chi2, dps_guidance, sh
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
 from kappadiff.diffusion.speed import prepare_network
 from kappadiff.stages.baselines import read_signal_power
-from kappadiff.stages.validation import log_ell_bins, run_coverage, tarp_inputs
+from kappadiff.stages.scaling_search import run_coverage
+from kappadiff.stats import log_ell_bins
+from kappadiff.tarp import tarp_inputs
 
 DEFAULTS = {"scaled": 1.0, "t_bar": 500.0, "sigma_t": 20.0, "zeta": 1.0, "step": "beta"}
 

@@ -2,7 +2,7 @@ from kappadiff.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 
-from kappadiff.stages.validation import calibration_figure  # noqa: E402
+from kappadiff.stages.scaling_search import calibration_figure  # noqa: E402
 
 calibration_figure(
     snakemake.params.run_paths["tuned"],

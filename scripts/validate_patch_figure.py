@@ -2,7 +2,7 @@ from kappadiff.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 
-from kappadiff.stages.validation import patch_figure  # noqa: E402
+from kappadiff.stages.figures import patch_figure  # noqa: E402
 
 patch_figure(
     snakemake.input.posterior,

@@ -2,7 +2,7 @@ from kappadiff.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 
-from kappadiff.stages.validation import sample_mock  # noqa: E402
+from kappadiff.stages.scaling_search import sample_mock  # noqa: E402
 
 sample_mock(
     snakemake.input.data,
@@ -10,7 +10,7 @@ sample_mock(
     snakemake.output[0],
     snakemake.params.config,
     int(snakemake.wildcards.patch),
-    scaling=snakemake.params.scaling,
+    snakemake.params.run,
     scaling_path=snakemake.input.get("scaling"),
     candidate_paths=snakemake.input.get("candidates", []),
     threads=snakemake.threads,

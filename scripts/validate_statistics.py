@@ -2,7 +2,7 @@ from kappadiff.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 
-from kappadiff.stages.validation import validate_statistics  # noqa: E402
+from kappadiff.stages.statistics import validate_statistics  # noqa: E402
 
 validate_statistics(
     snakemake.input.tuned,

@@ -17,6 +17,7 @@ from kappadiff.products import (
     write_table,
 )
 from kappadiff.stages import baselines
+from kappadiff.stats.spectra import _binning
 
 N, SCALE, NBIN = 16, 16.0, 4
 #: The catalogue identity every patch product carries (products.CATALOGUE_CARDS).
@@ -78,7 +79,7 @@ def test_signal_power_from_cutouts(tmp_path, rng):
     assert fits.getheader(out)["NCUTOUT"] == 30
     # 30 maps x 4 bins of the same spectrum: mean of 120 maps within 5 sigma of the input
     edges = stats.ell_bins_linear(N, N, SCALE)
-    _, counts, _ = stats._binning((N, N), SCALE, edges)
+    _, counts, _ = _binning((N, N), SCALE, edges)
     expected = np.interp(ell, ELL, CL)
     scatter = np.sqrt(2.0 / (counts * 30 * NBIN))
     # bins hold modes spread over ±ℓ_f/2; for the ℓ^-1.5 slope the bin average differs

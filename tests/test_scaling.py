@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kappadiff.products import ProductError, write_table
-from kappadiff.scaling import LikelihoodScaling, read_scaling, write_scaling
+from kappadiff.scaling import LikelihoodScaling, grid_runs, read_scaling, write_scaling
 
 N_BINS = 4
 
@@ -68,3 +68,9 @@ def test_read_scaling_refuses_bad_values(tmp_path):
     write_table(path, {"bin": np.arange(1, 5), "t_bar": np.full(4, 500.0)})
     with pytest.raises(ProductError, match="sigma_t"):
         read_scaling(path)
+
+
+def test_grid_runs_name_each_candidate_and_refuse_what_a_name_would_round():
+    assert grid_runs([900, 950.5], [20]) == ["t900_s20", "t950.5_s20"]
+    with pytest.raises(ValueError, match="6 significant digits"):
+        grid_runs([950.1234567], [20])

@@ -1,4 +1,5 @@
-"""Validation stage: scaling search, TARP of runs, statistics against the truth, figures."""
+"""Validation on mocks: scaling search and TARP of runs (stages.scaling_search), statistics
+against the truth (kappadiff.stats, stages.statistics), prior draws, figures (stages.figures)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from kappadiff import plots, products
+from kappadiff import plots, products, stats, tarp
 from kappadiff.lensing import fourier_ell
-from kappadiff.stages import validation as val
+from kappadiff.scaling import LikelihoodScaling, read_scaling
+from kappadiff.stages import figures, scaling_search, statistics
+from kappadiff.stages import prior as prior_stage
 
 #: The catalogue identity every patch product carries (products.CATALOGUE_CARDS).
 IDENTITY = {"SOURCE": "mock", "CATALOG": "synthetic.fits", "CATHASH": "0123456789abcdef"}
@@ -92,13 +95,13 @@ def write_candidates(directory, truth, runs):
     truth_paths = [directory / f"truth_{p}.fits" for p in range(n_patch)]
     for p, path in enumerate(truth_paths):
         write_kappa(path, truth[p])
-    paths, scalings = {}, {}
+    paths = {}
     for run, samples in runs.items():
-        scalings[run] = {"scaled": True, "t_bar": float(run[1:4]), "sigma_t": 20.0}
+        scaling = {"scaled": True, "t_bar": float(run[1:4]), "sigma_t": 20.0}
         paths[run] = [directory / f"{run}_{p}.fits" for p in range(n_patch)]
         for p, path in enumerate(paths[run]):
-            write_run(path, samples[:, p], scalings[run])
-    return paths, scalings, truth_paths
+            write_run(path, samples[:, p], scaling)
+    return paths, truth_paths
 
 
 def write_masks(directory, truth, mask=None):
@@ -120,7 +123,7 @@ def write_masks(directory, truth, mask=None):
 
 @pytest.mark.parametrize(("npix", "scale"), [(16, 16.0), (64, 4.0), (256, 1.0)])
 def test_log_ell_bins_cover_the_patch_without_empty_bins(npix, scale):
-    edges = val.log_ell_bins(npix, scale, 10)
+    edges = stats.log_ell_bins(npix, scale, 10)
     ell = fourier_ell(npix, npix, scale).ravel()
     modes = ell[ell > 0]
     assert np.all(np.diff(edges) > 0)
@@ -141,10 +144,10 @@ def test_compare_statistics_against_known_answers(rng):
         "samples": truth[None] + 0.2 * rng.normal(size=(5, *truth.shape)),
     }
     mask = np.ones_like(truth)
-    edges = val.log_ell_bins(npix, 4.0, 6)
+    edges = stats.log_ell_bins(npix, 4.0, 6)
     pdf_edges = np.tile(np.linspace(-5, 5, 21), (N_BINS, 1))
     peak_edges = np.tile(np.linspace(-1, 5, 7), (N_BINS, 1))
-    res = val.compare_statistics(maps, mask, 4.0, edges, pdf_edges, peak_edges)
+    res = stats.compare_statistics(maps, mask, 4.0, edges, pdf_edges, peak_edges)
     # identical maps: rho = 1 to rounding, never crossing 0.5
     np.testing.assert_allclose(res["mean"]["rho"], 1.0, atol=1e-12)
     assert np.all(np.isnan(res["mean"]["ell_half"]))
@@ -172,8 +175,8 @@ def test_ell_half_bootstrap_resamples_patches_alike_for_every_method(rng):
     maps = {"truth": truth, "wiener": noisy, "mean": noisy.copy()}
     pdf_edges = np.tile(np.linspace(-4, 4, 9), (N_BINS, 1))
     peak_edges = np.tile(np.linspace(-1, 4, 6), (N_BINS, 1))
-    args = (np.ones_like(truth), 4.0, val.log_ell_bins(16, 4.0, 4), pdf_edges, peak_edges)
-    res = val.compare_statistics(maps, *args, n_bootstrap=50, seed=3)
+    args = (np.ones_like(truth), 4.0, stats.log_ell_bins(16, 4.0, 4), pdf_edges, peak_edges)
+    res = stats.compare_statistics(maps, *args, n_bootstrap=50, seed=3)
     boot_w, boot_m = res["wiener"]["ell_half_boot"], res["mean"]["ell_half_boot"]
     assert boot_w.shape == (50, N_BINS)
     # the same patch draws for every method: identical maps give identical resamplings
@@ -182,7 +185,7 @@ def test_ell_half_bootstrap_resamples_patches_alike_for_every_method(rng):
     assert np.all(np.nanstd(boot_w, axis=0) > 0)
     # 8 copies of one patch: every resampling is the whole set, so no scatter
     same = {k: np.repeat(v[:1], 8, axis=0) for k, v in maps.items()}
-    res = val.compare_statistics(same, *args, n_bootstrap=20, seed=3)
+    res = stats.compare_statistics(same, *args, n_bootstrap=20, seed=3)
     np.testing.assert_allclose(
         res["wiener"]["ell_half_boot"], np.broadcast_to(res["wiener"]["ell_half"], (20, N_BINS))
     )
@@ -196,8 +199,13 @@ def test_compare_statistics_uses_observed_pixels_only(rng):
     mask[..., :8, :] = 0
     pdf_edges = np.tile(np.linspace(-4, 4, 9), (N_BINS, 1))
     peak_edges = np.tile(np.linspace(-1, 4, 6), (N_BINS, 1))
-    res = val.compare_statistics(
-        {"truth": truth, "ks": ks}, mask, 16.0, val.log_ell_bins(16, 16.0, 4), pdf_edges, peak_edges
+    res = stats.compare_statistics(
+        {"truth": truth, "ks": ks},
+        mask,
+        16.0,
+        stats.log_ell_bins(16, 16.0, 4),
+        pdf_edges,
+        peak_edges,
     )
     np.testing.assert_array_equal(res["ks"]["pdf"], res["truth"]["pdf"])
     np.testing.assert_array_equal(res["ks"]["peaks"], res["truth"]["peaks"])
@@ -207,11 +215,11 @@ def test_compare_statistics_uses_observed_pixels_only(rng):
     np.testing.assert_allclose(res["ks"]["rho"], 1.0, atol=1e-12)
     np.testing.assert_allclose(res["ks"]["cl"], res["truth"]["cl"], rtol=1e-12)
     noisy = truth + np.where(mask == 0, 5.0 * rng.normal(size=truth.shape), 0.0)
-    res = val.compare_statistics(
+    res = stats.compare_statistics(
         {"truth": truth, "prior": noisy},
         mask,
         16.0,
-        val.log_ell_bins(16, 16.0, 4),
+        stats.log_ell_bins(16, 16.0, 4),
         pdf_edges,
         peak_edges,
     )
@@ -222,17 +230,17 @@ def test_tarp_of_runs_separates_calibrated_and_overconfident(rng):
     config = _config()
     truth, good = gaussian_maps(rng, n_patch=25, n_samples=8)
     refs = rng.normal(0.0, 2.2, size=(10, N_BINS, 16, 16))
-    x, theta, pool = val.tarp_inputs(good, truth, refs, 4, 2)
+    x, theta, pool = tarp.tarp_inputs(good, truth, refs, 4, 2)
     assert x.shape == (8, 25 * 16, N_BINS, 4) and theta.shape == (400, N_BINS, 4)
     assert pool.shape == (160, N_BINS, 4)
-    res = val.run_coverage(x, theta, pool, config)
-    assert set(res) == {(k, b) for k in val.REFERENCE_KINDS for b in range(N_BINS + 1)}
+    res = scaling_search.run_coverage(x, theta, pool, config)
+    assert set(res) == {(k, b) for k in scaling_search.REFERENCE_KINDS for b in range(N_BINS + 1)}
     # 400 sims: binomial sd of ECP <= 0.025; calibrated stays within 0.1 everywhere
     assert all(r.max_error < 0.1 for r in res.values())
     # the same sample scatter shrunk to 30 %: over-confident
     mean = good.mean(axis=0)
     narrow = mean + 0.3 * (good - mean)
-    res_bad = val.run_coverage(*val.tarp_inputs(narrow, truth, refs, 4, 2), config)
+    res_bad = scaling_search.run_coverage(*tarp.tarp_inputs(narrow, truth, refs, 4, 2), config)
     assert res_bad["prior", 0].max_error > 0.2
 
 
@@ -258,14 +266,13 @@ def test_search_scaling_picks_the_calibrated_run_and_the_tuned_figure(tmp_path, 
             write_run(paths[run][-1], s[:, p], sc)
     ref_path = tmp_path / "refs.fits"
     write_kappa(ref_path, rng.normal(0.0, 2.2, size=(3, N_BINS, 16, 16)))
-    scalings = {r: sc for r, (sc, _) in runs.items()}
     data_paths = write_masks(tmp_path, truth)
-    out = val.search_scaling(
-        paths, scalings, truth_paths, data_paths, ref_path, tmp_path / "scaling.fits",
+    out = scaling_search.search_scaling(
+        paths, truth_paths, data_paths, ref_path, tmp_path / "scaling.fits",
         tmp_path / "tarp_search.fits", config,
     )  # fmt: skip
-    chosen = val.read_scaling(out)
-    assert chosen == {"scaled": True, "t_bar": [500.0] * 4, "sigma_t": [20.0] * 4}
+    chosen = read_scaling(out)
+    assert chosen == LikelihoodScaling((500.0,) * 4, (20.0,) * 4)
     with fits.open(tmp_path / "tarp_search.fits") as hdul:
         summary = hdul["SUMMARY"].data
         joint = summary[(summary["refs"] == "prior") & (summary["bin"] == 0)]
@@ -277,7 +284,7 @@ def test_search_scaling_picks_the_calibrated_run_and_the_tuned_figure(tmp_path, 
 
     # the tuned run is the chosen candidate: figure 1 and its table
     fig = tmp_path / "fig1.png"
-    val.calibration_figure(
+    scaling_search.calibration_figure(
         paths["t500_s20"], paths["unscaled"], out, truth_paths, data_paths, ref_path,
         tmp_path / "tarp_coverage.fits", fig, config,
     )  # fmt: skip
@@ -300,14 +307,14 @@ def test_search_scaling_prefers_the_informative_calibrated_run(tmp_path, rng):
         # the posterior N(mu, 1): calibrated and close to the truth
         "t900_s20": mu + rng.normal(size=(8, *mu.shape)),
     }
-    paths, scalings, truth_paths = write_candidates(tmp_path, truth, runs)
+    paths, truth_paths = write_candidates(tmp_path, truth, runs)
     write_kappa(tmp_path / "refs.fits", rng.normal(0.0, np.sqrt(5.0), size=(4, N_BINS, 16, 16)))
     data_paths = write_masks(tmp_path, truth)
-    val.search_scaling(
-        paths, scalings, truth_paths, data_paths, tmp_path / "refs.fits",
+    scaling_search.search_scaling(
+        paths, truth_paths, data_paths, tmp_path / "refs.fits",
         tmp_path / "scaling.fits", tmp_path / "search.fits", config,
     )  # fmt: skip
-    assert val.read_scaling(tmp_path / "scaling.fits")["t_bar"] == [900.0] * N_BINS
+    assert list(read_scaling(tmp_path / "scaling.fits").t_bar) == [900.0] * N_BINS
     with fits.open(tmp_path / "search.fits") as hdul:
         summary = hdul["SUMMARY"].data
     joint = summary[(summary["refs"] == "prior") & (summary["bin"] == 0)]
@@ -323,25 +330,25 @@ def test_search_scaling_prefers_the_informative_calibrated_run(tmp_path, rng):
     assert rho["t900_s20"] > 0.8 and abs(rho["t500_s20"]) < 0.1
     # with tolerance 0 the best calibrated run is taken, whichever it is
     config0 = _config(tarp_tolerance=0.0)
-    val.search_scaling(
-        paths, scalings, truth_paths, data_paths, tmp_path / "refs.fits",
+    scaling_search.search_scaling(
+        paths, truth_paths, data_paths, tmp_path / "refs.fits",
         tmp_path / "scaling0.fits", tmp_path / "search0.fits", config0,
     )  # fmt: skip
     best = min(err, key=err.get)
-    assert val.read_scaling(tmp_path / "scaling0.fits")["t_bar"] == [float(best[1:4])] * N_BINS
+    assert list(read_scaling(tmp_path / "scaling0.fits").t_bar) == [float(best[1:4])] * N_BINS
 
 
 def test_mean_rho_is_of_observed_pixels_and_ignores_amplitude(rng):
     npix, scale = 16, 16.0
-    edges = val.log_ell_bins(npix, scale, 6)
+    edges = stats.log_ell_bins(npix, scale, 6)
     mu = rng.normal(0.0, 2.0, size=(6, N_BINS, npix, npix))
     truth = mu + rng.normal(size=mu.shape)
-    exact = val.mean_rho(truth, truth, np.ones_like(truth), scale, edges)
+    exact = stats.mean_rho(truth, truth, np.ones_like(truth), scale, edges)
     np.testing.assert_allclose(exact, 1.0, atol=1e-12)
     # amplitude does not count (the calibration test constrains it); noise does:
     # white maps, rho = 4 / sqrt(4 * 5) ≈ 0.894 for the mean mu of a truth mu + n
-    shrunk = val.mean_rho(0.3 * mu, truth, np.ones_like(truth), scale, edges)
-    np.testing.assert_allclose(shrunk, val.mean_rho(mu, truth, np.ones_like(truth), scale, edges))
+    shrunk = stats.mean_rho(0.3 * mu, truth, np.ones_like(truth), scale, edges)
+    np.testing.assert_allclose(shrunk, stats.mean_rho(mu, truth, np.ones_like(truth), scale, edges))
     assert shrunk.shape == (N_BINS + 1,)
     assert np.all(np.abs(shrunk - 0.894) < 0.05)  # ~1500 modes a bin: sd of rho ≈ 0.01
     np.testing.assert_allclose(shrunk[0], shrunk[1:].mean())
@@ -350,8 +357,8 @@ def test_mean_rho_is_of_observed_pixels_and_ignores_amplitude(rng):
     mask[..., :, : npix // 2] = 0.0
     garbage = np.where(mask > 0, mu, 1e3 * rng.normal(size=mu.shape))
     np.testing.assert_allclose(
-        val.mean_rho(garbage, truth, mask, scale, edges),
-        val.mean_rho(mu, truth, mask, scale, edges),
+        stats.mean_rho(garbage, truth, mask, scale, edges),
+        stats.mean_rho(mu, truth, mask, scale, edges),
     )
 
 
@@ -370,10 +377,10 @@ def test_search_scaling_ranks_calibrated_runs_by_rho_not_pixel_error(tmp_path, r
         "t800_s20": 0.3 * mu + 0.1 * rng.normal(size=(8, *mu.shape)),
         "t900_s20": mu + np.sqrt(8 * 1.5) * rng.normal(size=(8, *mu.shape)),
     }
-    paths, scalings, truth_paths = write_candidates(tmp_path, truth, runs)
+    paths, truth_paths = write_candidates(tmp_path, truth, runs)
     write_kappa(tmp_path / "refs.fits", rng.normal(0.0, np.sqrt(5.0), size=(4, N_BINS, 16, 16)))
-    val.search_scaling(
-        paths, scalings, truth_paths, write_masks(tmp_path, truth), tmp_path / "refs.fits",
+    scaling_search.search_scaling(
+        paths, truth_paths, write_masks(tmp_path, truth), tmp_path / "refs.fits",
         tmp_path / "scaling.fits", tmp_path / "search.fits", config,
     )  # fmt: skip
     with fits.open(tmp_path / "search.fits") as hdul:
@@ -383,7 +390,7 @@ def test_search_scaling_ranks_calibrated_runs_by_rho_not_pixel_error(tmp_path, r
     rho = dict(zip(joint["run"], joint["mean_rho"], strict=True))
     assert mse["t900_s20"] < mse["t800_s20"]
     assert rho["t800_s20"] > rho["t900_s20"] + 0.08
-    assert val.read_scaling(tmp_path / "scaling.fits")["t_bar"] == [800.0] * N_BINS
+    assert list(read_scaling(tmp_path / "scaling.fits").t_bar) == [800.0] * N_BINS
 
 
 def test_search_scaling_per_bin(tmp_path, rng):
@@ -409,14 +416,14 @@ def test_search_scaling_per_bin(tmp_path, rng):
         for p, path in enumerate(paths[run]):
             write_run(path, s[:, p], sc)
     write_kappa(tmp_path / "refs.fits", rng.normal(0.0, 2.2, size=(2, N_BINS, 16, 16)))
-    val.search_scaling(
-        paths, {r: sc for r, (sc, _) in runs.items()}, truth_paths,
+    scaling_search.search_scaling(
+        paths, truth_paths,
         write_masks(tmp_path, truth), tmp_path / "refs.fits",
         tmp_path / "scaling.fits", tmp_path / "search.fits", config,
     )  # fmt: skip
-    chosen = val.read_scaling(tmp_path / "scaling.fits")
-    assert chosen["t_bar"] == [300.0, 300.0, 600.0, 600.0]
-    assert chosen["sigma_t"] == [20.0, 20.0, 50.0, 50.0]
+    chosen = read_scaling(tmp_path / "scaling.fits")
+    assert list(chosen.t_bar) == [300.0, 300.0, 600.0, 600.0]
+    assert list(chosen.sigma_t) == [20.0, 20.0, 50.0, 50.0]
 
 
 def test_power_ratio_and_error_of_rescaled_truths(rng):
@@ -427,18 +434,18 @@ def test_power_ratio_and_error_of_rescaled_truths(rng):
     mask = np.ones_like(truth)
     mask[:, :, :4] = 0.0  # masked pixels count in neither
     samples[:, :, :, :4] = 100.0
-    edges = val.log_ell_bins(32, 4.0, 6)
-    ell, ratio = val.power_ratio(samples, truth, mask, 4.0, edges)
+    edges = stats.log_ell_bins(32, 4.0, 6)
+    ell, ratio = stats.power_ratio(samples, truth, mask, 4.0, edges)
     assert ratio.shape == (N_BINS, len(ell))
     np.testing.assert_allclose(ratio, np.broadcast_to(amp.reshape(-1, 1) ** 2, ratio.shape))
-    np.testing.assert_allclose(val.power_error(ratio), [0.69, 0.0, 0.21, 0.19, 0.69], atol=1e-12)
+    np.testing.assert_allclose(stats.power_error(ratio), [0.69, 0.0, 0.21, 0.19, 0.69], atol=1e-12)
     # one ℓ bin 50 % off counts for its share of the mean only
     ratio[0, 0] = 1.5
-    assert val.power_error(ratio)[1] == pytest.approx(0.5 / len(ell))
+    assert stats.power_error(ratio)[1] == pytest.approx(0.5 / len(ell))
     fig = plots.calibration_panels(
         {"tuned": (np.arange(3), np.ones((3, N_BINS)))},
         {"tuned": {}},
-        {"tuned": (ell, ratio, val.power_error(ratio)[0])},
+        {"tuned": (ell, ratio, stats.power_error(ratio)[0])},
     )
     assert len(fig.axes) == 2 and fig.axes[1].get_xscale() == "log"
 
@@ -461,19 +468,19 @@ def test_search_scaling_rejects_a_run_whose_samples_fit_the_noise(tmp_path, rng,
         "t900_s20": mu + rng.normal(size=(8, *mu.shape)),
         "t975_s20": truth + 1.5 * rng.normal(size=(8, *mu.shape)),
     }
-    paths, scalings, truth_paths = write_candidates(tmp_path, truth, runs)
+    paths, truth_paths = write_candidates(tmp_path, truth, runs)
     write_kappa(tmp_path / "refs.fits", rng.normal(0.0, np.sqrt(5.0), size=(4, N_BINS, 32, 32)))
     masks = write_masks(tmp_path, truth)
 
     def search(cfg, name):
-        val.search_scaling(
-            paths, scalings, truth_paths, masks, tmp_path / "refs.fits",
+        scaling_search.search_scaling(
+            paths, truth_paths, masks, tmp_path / "refs.fits",
             tmp_path / f"{name}.fits", tmp_path / f"{name}_search.fits", cfg,
         )  # fmt: skip
         with fits.open(tmp_path / f"{name}_search.fits") as hdul:
             summary = hdul["SUMMARY"].data
         rows = summary[summary["refs"] == "prior"]
-        return val.read_scaling(tmp_path / f"{name}.fits")["t_bar"], rows
+        return list(read_scaling(tmp_path / f"{name}.fits").t_bar), rows
 
     chosen, rows = search(config, "power")
     assert chosen == [900.0] * N_BINS
@@ -488,31 +495,20 @@ def test_search_scaling_rejects_a_run_whose_samples_fit_the_noise(tmp_path, rng,
     assert chosen == [975.0] * N_BINS
 
 
-def test_read_scaling_refuses_bad_values(tmp_path):
-    path = tmp_path / "scaling.fits"
-    products.write_table(path, {"bin": np.arange(1, 5), "t_bar": np.full(4, 500.0),
-                                "sigma_t": np.array([20.0, 0.0, 20.0, 20.0])})  # fmt: skip
-    with pytest.raises(products.ProductError, match="sigma_t > 0"):
-        val.read_scaling(path)
-    products.write_table(path, {"bin": np.arange(1, 5), "t_bar": np.full(4, 500.0)})
-    with pytest.raises(products.ProductError, match="sigma_t"):
-        val.read_scaling(path)
-
-
 def test_sample_mock_overrides_sampling_and_reuses_a_matching_run(tmp_path, monkeypatch, rng):
     from kappadiff.stages import posterior
 
     calls = []
 
-    def fake_sample_patch(data, model, output, config, patch_id, threads=1):
-        calls.append(config)
+    def fake_sample_patch(data, model, output, config, patch_id, threads=1, scaling=None):
+        calls.append((config, scaling))
         return output
 
     monkeypatch.setattr(posterior, "sample_patch", fake_sample_patch)
     config = _config()
-    val.sample_mock("d.fits", "m.pt", tmp_path / "o.fits", config, 3, scaling={"scaled": False})
-    s = calls[-1]["sampling"]
-    assert (s["scaled"], s["n_samples"], s["n_steps"], s["save_samples"]) == (
+    scaling_search.sample_mock("d.fits", "m.pt", tmp_path / "o.fits", config, 3, "unscaled")
+    s, scaling = calls[-1][0]["sampling"], calls[-1][1]
+    assert (scaling.scaled, s["n_samples"], s["n_steps"], s["save_samples"]) == (
         False,
         8,
         3,
@@ -527,18 +523,22 @@ def test_sample_mock_overrides_sampling_and_reuses_a_matching_run(tmp_path, monk
     products.write_table(scaling_path, {"bin": np.arange(1, 5), "t_bar": np.full(4, 500.0),
                                         "sigma_t": np.full(4, 20.0)})  # fmt: skip
     out = tmp_path / "tuned.fits"
-    val.sample_mock("d.fits", "m.pt", out, config, 3, scaling_path=scaling_path,
-                    candidate_paths=[cand])  # fmt: skip
+    scaling_search.sample_mock("d.fits", "m.pt", out, config, 3, "tuned",
+                               scaling_path=scaling_path, candidate_paths=[cand])  # fmt: skip
     assert len(calls) == 1  # copied, not drawn again
     assert out.read_bytes() == cand.read_bytes()
 
     products.write_table(scaling_path, {"bin": np.arange(1, 5), "t_bar": np.full(4, 400.0),
                                         "sigma_t": np.full(4, 20.0)})  # fmt: skip
-    val.sample_mock("d.fits", "m.pt", tmp_path / "t2.fits", config, 3, scaling_path=scaling_path,
-                    candidate_paths=[cand])  # fmt: skip
-    assert calls[-1]["sampling"]["t_bar"] == [400.0] * 4
-    with pytest.raises(ValueError, match="exactly one"):
-        val.sample_mock("d", "m", "o", config, 0)
+    scaling_search.sample_mock("d.fits", "m.pt", tmp_path / "t2.fits", config, 3, "tuned",
+                               scaling_path=scaling_path, candidate_paths=[cand])  # fmt: skip
+    assert list(calls[-1][1].t_bar) == [400.0] * 4
+    # a grid candidate's scaling is its name
+    scaling_search.sample_mock("d.fits", "m.pt", tmp_path / "g.fits", config, 3, "t950_s20")
+    assert calls[-1][1] == LikelihoodScaling((950.0,), (20.0,))
+    # the tuned run without the chosen scaling has no scaling to draw with
+    with pytest.raises(ValueError, match="neither"):
+        scaling_search.sample_mock("d", "m", "o", config, 0, "tuned")
 
 
 def test_sample_mock_params_hold_what_the_sampler_reads_and_nothing_else(monkeypatch, tmp_path):
@@ -547,24 +547,24 @@ def test_sample_mock_params_hold_what_the_sampler_reads_and_nothing_else(monkeyp
     calls = []
     monkeypatch.setattr(posterior, "sample_patch", lambda *a, **k: calls.append(a[3]))
     config = _config()
-    params = val.sample_mock_params(config)
+    params = scaling_search.sample_mock_params(config)
     # the sampler runs on the params alone (the rule hands it nothing else) ...
-    val.sample_mock("d.fits", "m.pt", tmp_path / "o.fits", params, 3, scaling={"scaled": False})
+    scaling_search.sample_mock("d.fits", "m.pt", tmp_path / "o.fits", params, 3, "unscaled")
     full = []
     monkeypatch.setattr(posterior, "sample_patch", lambda *a, **k: full.append(a[3]))
-    val.sample_mock("d.fits", "m.pt", tmp_path / "o.fits", config, 3, scaling={"scaled": False})
+    scaling_search.sample_mock("d.fits", "m.pt", tmp_path / "o.fits", config, 3, "unscaled")
     assert calls[0]["sampling"] == full[0]["sampling"]
     # ... they change with the sampler's settings ...
     for key, value in (("n_steps", 4), ("n_samples", 16)):
-        assert val.sample_mock_params(_config(**{key: value})) != params
+        assert scaling_search.sample_mock_params(_config(**{key: value})) != params
     changed = _config()
     changed["sampling"]["eta"] = 0.5
-    assert val.sample_mock_params(changed) != params
+    assert scaling_search.sample_mock_params(changed) != params
     # ... and not with the grid, the statistics or the patch lists, so adding a candidate or
     # a mock patch does not rerun the existing runs
     other = _config(t_bar=[300, 500, 750], n_bootstrap=10, patches=[0, 1, 2], n_ell_bins=8)
     other["sampling"]["patches"] = [5]
-    assert val.sample_mock_params(other) == params
+    assert scaling_search.sample_mock_params(other) == params
 
 
 def _tiny_prior(path):
@@ -590,28 +590,28 @@ def _tiny_prior(path):
 def test_draw_tarp_references_from_a_tiny_prior(tmp_path):
     model = _tiny_prior(tmp_path / "model.pt")
     config = _config()
-    a = val.draw_tarp_references(model, tmp_path / "a.fits", config)
-    b = val.draw_tarp_references(model, tmp_path / "b.fits", config)
+    a = prior_stage.draw_tarp_references(model, tmp_path / "a.fits", config)
+    b = prior_stage.draw_tarp_references(model, tmp_path / "b.fits", config)
     ka = products.read_images(a, ["KAPPA"])[0]["KAPPA"]
     assert ka.shape == (2, N_BINS, 16, 16) and np.all(np.isfinite(ka))
     np.testing.assert_array_equal(ka, products.read_images(b, ["KAPPA"])[0]["KAPPA"])
     with pytest.raises(ValueError, match="layout.npix = 32"):
-        val.draw_tarp_references(model, tmp_path / "c.fits", _config(npix=32))
+        prior_stage.draw_tarp_references(model, tmp_path / "c.fits", _config(npix=32))
 
 
 def test_compare_prior_measures_the_power_ratio(rng):
     sims = rng.normal(size=(20, N_BINS, 16, 16))
-    edges = val.log_ell_bins(16, 16.0, 6)
+    edges = stats.log_ell_bins(16, 16.0, 6)
     pdf_edges = np.tile(np.linspace(-8, 8, 11), (N_BINS, 1))
     peak_edges = np.tile(np.linspace(-2, 8, 6), (N_BINS, 1))
-    res = val.compare_prior(2.0 * sims, sims, 16.0, edges, pdf_edges, peak_edges)
+    res = stats.compare_prior(2.0 * sims, sims, 16.0, edges, pdf_edges, peak_edges)
     # the same maps at twice the amplitude: exactly 4x the power, the same peaks per map
     np.testing.assert_allclose(res["prior"]["cl"] / res["simulations"]["cl"], 4.0, rtol=1e-12)
     np.testing.assert_allclose(res["prior"]["cl_err"], 4.0 * res["simulations"]["cl_err"])
     assert res["prior"]["peaks"].sum() == pytest.approx(res["simulations"]["peaks"].sum(), rel=0.3)
     # the simulations' C_l from separately given spectra, when there are more of them
     more = np.full((50, N_BINS, len(res["prior"]["ell"])), 3.0)
-    res2 = val.compare_prior(2.0 * sims, sims, 16.0, edges, pdf_edges, peak_edges, more)
+    res2 = stats.compare_prior(2.0 * sims, sims, 16.0, edges, pdf_edges, peak_edges, more)
     np.testing.assert_array_equal(res2["simulations"]["cl"], 3.0)
     np.testing.assert_array_equal(res2["simulations"]["cl_err"], 0.0)
     np.testing.assert_array_equal(res2["prior"]["cl"], res["prior"]["cl"])
@@ -626,7 +626,7 @@ def test_prior_statistics_writes_the_table_and_figure(tmp_path, rng):
     cutouts = [tmp_path / "a.npy", tmp_path / "b.npy"]
     for path in cutouts:
         np.save(path, 0.02 * rng.normal(size=(2, N_BINS, 16, 16)).astype(np.float32))
-    res = val.prior_statistics(
+    res = statistics.prior_statistics(
         model, cutouts, tmp_path / "prior.fits", tmp_path / "prior.png", config
     )
     assert res["prior"]["cl"].shape == res["simulations"]["cl"].shape
@@ -642,7 +642,7 @@ def test_prior_statistics_writes_the_table_and_figure(tmp_path, rng):
     assert (tmp_path / "prior.png").stat().st_size > 10_000
     config = _config(n_prior_draws=5)
     with pytest.raises(ValueError, match="5 cut-outs wanted, 4 in 2 files"):
-        val.prior_statistics(model, cutouts, tmp_path / "p.fits", tmp_path / "p.png", config)
+        statistics.prior_statistics(model, cutouts, tmp_path / "p.fits", tmp_path / "p.png", config)
 
 
 def test_validate_statistics_writes_tables_and_figures(tmp_path, rng):
@@ -667,7 +667,7 @@ def test_validate_statistics_writes_tables_and_figures(tmp_path, rng):
     cutouts = tmp_path / "cutouts.npy"
     np.save(cutouts, 2.0 * np.sqrt(5.0) * rng.normal(size=(40, N_BINS, 16, 16)).astype(np.float32))
     out = {k: tmp_path / f"{k}" for k in ("table.fits", "summary.csv", "maps.png", "stats.png")}
-    res = val.validate_statistics(
+    res = statistics.validate_statistics(
         files["tuned"], files["truth"], files["data"], files["ks"], files["wiener"],
         files["wiener_tomo"], [cutouts],
         out["table.fits"], out["summary.csv"], out["maps.png"], out["stats.png"], config,
@@ -701,7 +701,7 @@ def test_validate_statistics_writes_tables_and_figures(tmp_path, rng):
         assert abs(np.median(ratio) - 0.25) < 0.05
         assert np.all(ens["cl_lo"] < ens["cl"]) and np.all(ens["cl"] < ens["cl_hi"])
         assert [h.name for h in hdul[1:]] == ["SPECTRA", "PDF", "PEAKS", "ELLHALF", "ENSEMBLE"]
-        assert set(hdul["ELLHALF"].data["method"]) == set(val.METHODS)
+        assert set(hdul["ELLHALF"].data["method"]) == set(statistics.METHODS)
         assert len(hdul["ENSEMBLE"].data) == N_BINS * n_ell
         assert hdul[0].header["NCUTOUT"] == 40
     assert out["maps.png"].stat().st_size > 10_000 and out["stats.png"].stat().st_size > 10_000
@@ -710,21 +710,21 @@ def test_validate_statistics_writes_tables_and_figures(tmp_path, rng):
 def test_ensemble_power_band_is_the_scatter_of_patch_set_means(rng):
     # per-patch C_l of a white field: chi^2-like scatter about 1 with 10 % rms
     cl = 1.0 + 0.1 * rng.standard_normal(size=(4000, 2, 5))
-    band4 = val.ensemble_power_band(cl, 4, n_draws=4000, seed=1)
-    band16 = val.ensemble_power_band(cl, 16, n_draws=4000, seed=1)
+    band4 = stats.ensemble_power_band(cl, 4, n_draws=4000, seed=1)
+    band16 = stats.ensemble_power_band(cl, 16, n_draws=4000, seed=1)
     np.testing.assert_allclose(band4["cl"], cl.mean(axis=0))
     # 95 % of means of n: 1 +- 1.96 * 0.1 / sqrt(n) (a few % of Monte-Carlo error)
     np.testing.assert_allclose(band4["cl_hi"] - 1.0, 1.96 * 0.05, rtol=0.1)
     np.testing.assert_allclose(1.0 - band16["cl_lo"], 1.96 * 0.025, rtol=0.1)
     with pytest.raises(ValueError, match="17 patches from 16 cut-outs"):
-        val.ensemble_power_band(cl[:16], 17)
+        stats.ensemble_power_band(cl[:16], 17)
 
 
 def test_truth_peaks_are_the_highest(rng):
     kappa = rng.normal(size=(N_BINS, 16, 16))
     kappa[2, 5, 7] = 10.0
     kappa[2, 11, 3] = 8.0
-    peaks = val.truth_peaks(kappa, 2)
+    peaks = stats.truth_peaks(kappa, 2)
     row, col, height = peaks[2]
     np.testing.assert_array_equal(row, [5, 11])
     np.testing.assert_array_equal(col, [7, 3])
@@ -746,7 +746,7 @@ def test_patch_figure_with_truth_peaks_and_a_cluster_catalogue(tmp_path, rng):
     for name in ("ks", "wiener", "truth"):
         write_kappa(tmp_path / f"{name}.fits", kappa)
     args = [tmp_path / "post.fits", tmp_path / "ks.fits", tmp_path / "wiener.fits"]
-    val.patch_figure(*args, tmp_path / "truth.fits", tmp_path / "a.png", config)
+    figures.patch_figure(*args, tmp_path / "truth.fits", tmp_path / "a.png", config)
     assert (tmp_path / "a.png").stat().st_size > 10_000
 
     cat = tmp_path / "redmapper.fits"
@@ -756,11 +756,11 @@ def test_patch_figure_with_truth_peaks_and_a_cluster_catalogue(tmp_path, rng):
         "LAMBDA": np.array([40.0, 25.0, 100.0]),
     }
     products.write_table(cat, columns)
-    val.patch_figure(*args, cat, tmp_path / "b.png", _config(clusters=str(cat)))
+    figures.patch_figure(*args, cat, tmp_path / "b.png", _config(clusters=str(cat)))
     assert (tmp_path / "b.png").stat().st_size > 10_000
     products.write_table(cat, {"RA": np.zeros(2), "DEC": np.zeros(2)})
     with pytest.raises(products.ProductError, match="LAMBDA"):
-        val.read_cluster_catalogue(cat)
+        figures.read_cluster_catalogue(cat)
 
 
 def test_mosaic_figure(tmp_path, rng):
@@ -776,7 +776,7 @@ def test_mosaic_figure(tmp_path, rng):
     products.write_healpix(tmp_path / "std.fits", np.abs(maps))
     products.write_healpix(tmp_path / "cov.fits", coverage)
     files = [tmp_path / n for n in ("mean.fits", "std.fits", "cov.fits")]
-    out = val.mosaic_figure(*files, tmp_path / "m.png", _config())
+    out = figures.mosaic_figure(*files, tmp_path / "m.png", _config())
     assert out.stat().st_size > 10_000
     with pytest.raises(ValueError, match="mosaic_bin = 5"):
-        val.mosaic_figure(*files, tmp_path / "x.png", _config(mosaic_bin=5))
+        figures.mosaic_figure(*files, tmp_path / "x.png", _config(mosaic_bin=5))

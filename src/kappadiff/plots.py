@@ -21,7 +21,7 @@ __all__ = [
     "patch_reconstructions",
     "prior_loss_curve",
     "prior_samples_grid",
-    "prior_statistics",
+    "prior_statistics_panels",
     "summary_statistics",
     "truth_posterior_maps",
 ]
@@ -88,7 +88,7 @@ def prior_samples_grid(
 # --- validation on mocks (figures 1-4 of the validation report) ------------------------
 
 
-def prior_statistics(results: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
+def prior_statistics_panels(results: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
     """The prior against the simulations: C_ℓ ratio, one-point PDF and peak counts per bin.
 
     Parameters
@@ -96,7 +96,7 @@ def prior_statistics(results: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
     results
         ``{"prior": ..., "simulations": ...}`` with ``ell``, ``cl``, ``cl_err``, ``pdf``,
         ``pdf_kappa``, ``peaks`` and ``peak_kappa``
-        (:func:`kappadiff.stages.validation.compare_prior`).
+        (:func:`kappadiff.stats.compare_prior`).
     """
     prior, sims = results["prior"], results["simulations"]
     n_bins = prior["cl"].shape[0]
@@ -259,12 +259,12 @@ def summary_statistics(
     results
         ``{method: {"ell", "cl", "rho", "ell_half", "pdf", "pdf_kappa", "peaks",
         "peak_kappa", ("cl_lo", "cl_hi" for samples), ("rho_boot")}}`` as made by
-        :func:`kappadiff.stages.validation.compare_statistics`; the truth is drawn in black,
+        :func:`kappadiff.stats.compare_statistics`; the truth is drawn in black,
         and the 16-84 % range of ρ_c over patch resamplings is shaded for the posterior
         mean and Wiener.
     ensemble
         ``{"cl", "cl_lo", "cl_hi"}`` ``[bin, n_ell]`` on the same ℓ bins
-        (:func:`kappadiff.stages.validation.ensemble_power_band`): the simulations' mean C_ℓ,
+        (:func:`kappadiff.stats.ensemble_power_band`): the simulations' mean C_ℓ,
         dashed, and the band of patch-set averages, hatched, in the C_ℓ panels.
     """
     n_bins = next(iter(results.values()))["cl"].shape[0]

@@ -43,8 +43,12 @@ __all__ = [
     "provenance",
     "read_healpix",
     "read_images",
+    "read_samples",
+    "read_stack",
     "read_table",
+    "save_figure",
     "save_npy",
+    "table_hdu",
     "tan_header",
     "write_fits",
     "write_healpix",
@@ -331,6 +335,37 @@ def read_images(
                 if key in hdul[wanted[0].upper()].header and key not in header:
                     header[key] = hdul[wanted[0].upper()].header[key]
     return out, header
+
+
+def read_stack(paths: Sequence[str | os.PathLike], hdu: str) -> np.ndarray:
+    """HDU ``hdu`` of each file, as float64, stacked along a new first axis (one per file)."""
+    return np.stack([read_images(p, [hdu])[0][hdu].astype(np.float64) for p in paths])
+
+
+def read_samples(paths: Sequence[str | os.PathLike]) -> np.ndarray:
+    """SAMPLES of each posterior product, stacked as ``[sample, patch, bin, row, col]``."""
+    return np.moveaxis(read_stack(paths, "SAMPLES"), 0, 1)
+
+
+def table_hdu(name: str, columns: Mapping[str, np.ndarray]) -> fits.BinTableHDU:
+    """A binary table HDU of equal-length columns: strings, booleans, ints, floats (as float64)."""
+    cols = []
+    for key, arr in columns.items():
+        if arr.dtype.kind in "US":
+            fmt = f"{max(1, max((len(x) for x in arr), default=1))}A"
+        else:
+            fmt = {"b": "L", "i": "K"}.get(arr.dtype.kind, "D")
+        cols.append(fits.Column(name=key, format=fmt, array=arr))
+    return fits.BinTableHDU.from_columns(cols, name=name)
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> None:
+    """Write a matplotlib figure as PNG (110 dpi), atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 def write_table(

@@ -25,7 +25,7 @@ import numpy as np
 
 from .products import ProductError, read_table, write_table
 
-__all__ = ["UNSCALED_RUN", "LikelihoodScaling", "read_scaling", "write_scaling"]
+__all__ = ["UNSCALED_RUN", "LikelihoodScaling", "grid_runs", "read_scaling", "write_scaling"]
 
 #: Name of the plain-DPS validation run (``A ≡ 1``).
 UNSCALED_RUN = "unscaled"
@@ -157,6 +157,26 @@ class LikelihoodScaling:
         if not self.scaled:
             return "unscaled (A = 1)"
         return f"t_bar {list(self.t_bar)}, sigma_t {list(self.sigma_t)}"
+
+
+def grid_runs(t_bars: Sequence[float], sigma_ts: Sequence[float]) -> list[str]:
+    """Names of the grid candidates ``t̄ × σ_t`` of the scaling search, in grid order.
+
+    A run's name is its scaling (:meth:`LikelihoodScaling.from_run_name`), so a value with
+    more digits than the name keeps (6 significant) is refused rather than rounded.
+    """
+    names = []
+    for t_bar in t_bars:
+        for sigma_t in sigma_ts:
+            scaling = LikelihoodScaling((float(t_bar),), (float(sigma_t),))
+            name = scaling.run_name
+            if LikelihoodScaling.from_run_name(name) != scaling:
+                raise ValueError(
+                    f"validation.t_bar {t_bar} / sigma_t {sigma_t}: the run name '{name}' keeps "
+                    "6 significant digits; give the grid values with fewer"
+                )
+            names.append(name)
+    return names
 
 
 # --------------------------------------------------------------------------------------

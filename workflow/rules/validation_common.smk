@@ -1,8 +1,10 @@
-# Helpers of the 'validation' rules (workflow/rules/validation.smk): run names, the
-# candidate grid, input lists and the config subset the products depend on.
+# Helpers of the validation rules (scaling_search.smk, statistics.smk, figures.smk): run
+# names, the candidate grid, input lists and the config subset the products depend on.
+from kappadiff.scaling import UNSCALED_RUN, grid_runs
+
 VALIDATION = f"{RESULTS}/validation"
 MOCKS = f"{RESULTS}/mocks"
-UNSCALED = "unscaled"
+UNSCALED = UNSCALED_RUN
 TUNED = "tuned"
 
 
@@ -36,31 +38,24 @@ check_validation_config()
 
 
 def candidate_runs():
-    """Grid candidates of the scaling search: run name -> A(t) parameters."""
+    """Grid candidates of the scaling search, named by their A(t): t{t_bar}_s{sigma_t}."""
     v = config["validation"]
-    return {
-        f"t{t:g}_s{s:g}": {"scaled": True, "t_bar": float(t), "sigma_t": float(s)}
-        for t in v["t_bar"]
-        for s in v["sigma_t"]
-    }
+    return grid_runs(v["t_bar"], v["sigma_t"])
 
 
 def search_runs():
     """Runs the TARP search evaluates: the grid and the unscaled comparison."""
-    return {**candidate_runs(), UNSCALED: {"scaled": False}}
+    return [*candidate_runs(), UNSCALED]
 
 
-def run_scaling(wildcards):
-    """A(t) parameters of a run; None for the tuned run, which reads scaling.fits."""
-    if wildcards.run == TUNED:
-        return None
-    runs = search_runs()
-    if wildcards.run not in runs:
+def checked_run(wildcards):
+    """The {run} wildcard, if it is the tuned run or one the search evaluates."""
+    if wildcards.run != TUNED and wildcards.run not in search_runs():
         raise ValueError(
             f"validation run '{wildcards.run}' is not in the grid validation.t_bar x "
-            f"validation.sigma_t ({sorted(runs)})"
+            f"validation.sigma_t ({sorted(search_runs())})"
         )
-    return runs[wildcards.run]
+    return wildcards.run
 
 
 def run_files(run, patches=None):

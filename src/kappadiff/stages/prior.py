@@ -26,7 +26,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..diffusion.checkpoint import Prior, load_checkpoint, prior_from_state, save_checkpoint
+from ..diffusion.checkpoint import (
+    Prior,
+    load_checkpoint,
+    load_prior,
+    prior_from_state,
+    save_checkpoint,
+)
 from ..diffusion.data import (
     CutoutSet,
     Normalisation,
@@ -48,10 +54,16 @@ from ..diffusion.train import (
     train,
 )
 from ..diffusion.unet import UNetConfig, count_parameters
-from ..products import atomic_output
+from ..products import atomic_output, image_hdu, provenance, write_fits
 from ..seeding import derive_seed
 
-__all__ = ["draw_prior_samples", "settings_from_config", "train_prior"]
+__all__ = [
+    "draw_prior_maps",
+    "draw_prior_samples",
+    "draw_tarp_references",
+    "settings_from_config",
+    "train_prior",
+]
 
 log = logging.getLogger(__name__)
 
@@ -334,3 +346,51 @@ def _main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     _main(sys.argv[1:])
+
+
+# --------------------------------------------------------------------------------------
+# unconditional draws for the validation: TARP references, prior statistics
+
+
+def draw_prior_maps(
+    model_path: str | os.PathLike, n: int, seed: int, config: Mapping[str, Any], threads: int
+) -> tuple[np.ndarray, Any, int]:
+    """``n`` unconditional κ maps ``[n, bin, npix, npix]`` (DDIM: ``validation.n_steps``,
+    ``sampling.step_power``, η).
+
+    On the job's GPU when there is one, 16 maps at a time (:func:`draw_prior_samples`); the
+    validation's prior statistics and TARP references both draw this way. Returns the maps,
+    the prior (for its hash) and the number of network evaluations a map.
+    """
+    torch.set_num_threads(max(1, int(threads)))
+    npix = int(config["layout"]["npix"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    prior = load_prior(model_path, device)
+    if prior.npix != npix:
+        raise ValueError(
+            f"{model_path}: prior trained on {prior.npix} px patches, layout.npix = {npix}"
+        )
+    n_steps = int(config["validation"]["n_steps"])
+    power = float(config["sampling"]["step_power"])
+    eta = float(config["sampling"]["eta"])
+    kappa = draw_prior_samples(prior, n, n_steps, eta, seed, step_power=power)
+    return kappa, prior, n_steps  # timestep_sequence always gives n_steps distinct steps
+
+
+def draw_tarp_references(
+    model_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    config: Mapping[str, Any],
+    threads: int = 1,
+) -> Path:
+    """Unconditional prior samples (DDIM) for TARP reference points.
+
+    Writes HDU KAPPA ``[sample, bin, row, col]`` (``validation.n_references`` maps of the
+    patch size), drawn with ``validation.n_steps`` steps and the sampling η.
+    """
+    seed = derive_seed(config["seed"], "tarp_references")
+    n = int(config["validation"]["n_references"])
+    kappa, prior, nfe = draw_prior_maps(model_path, n, seed, config, threads)
+    header = provenance(config, seed=seed, model_hash=prior.hash or None, NFE=nfe)
+    log.info("%d prior reference maps, %d steps", len(kappa), nfe)
+    return write_fits(output_path, [image_hdu("KAPPA", kappa)], primary_header=header)

@@ -1,4 +1,4 @@
-"""Summary statistics of flat convergence patches: C_ℓ, cross-spectra, ρ_c(ℓ), PDF, peaks.
+"""Power spectra of flat convergence patches: C_ℓ, cross-spectra, ρ_c(ℓ), ℓ₀.₅, ℓ bins.
 
 Maps are ``[..., ny, nx]`` with square pixels of ``pixel_scale_arcmin``; every statistic
 is computed per map of the leading axes (patch, sample, bin) and returned with those
@@ -13,16 +13,15 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.fft as sfft
 
-from .lensing import ARCMIN, fourier_ell
+from ..lensing import ARCMIN, fourier_ell
 
 __all__ = [
     "correlation_coefficient",
     "crossing_ell",
     "cross_spectrum_flat",
     "ell_bins_linear",
-    "find_peaks",
-    "pdf",
-    "peak_counts",
+    "ensemble_power_band",
+    "log_ell_bins",
     "power_spectrum_flat",
     "rho_from_spectra",
 ]
@@ -202,110 +201,63 @@ def crossing_ell(ell: np.ndarray, rho: np.ndarray, level: float = 0.5) -> np.nda
     return out.reshape(rho.shape[:-1])
 
 
-def pdf(
-    maps: np.ndarray, edges: Sequence[float], mask: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """One-point PDF (normalised histogram) of the pixel values of each map.
+def log_ell_bins(npix: int, pixel_scale_arcmin: float, n_bins: int) -> np.ndarray:
+    """Logarithmic ℓ-bin edges from the fundamental mode to Nyquist, none of them empty.
+
+    Starts from ``n_bins`` log-spaced bins between 0.75 ℓ_f and ℓ_Nyquist and merges bins that
+    hold no Fourier mode of the ``npix × npix`` grid (the lowest ones on a small patch).
+    """
+    ell = fourier_ell(npix, npix, pixel_scale_arcmin).ravel()
+    modes = ell[ell > 0]
+    ell_nyq = 180.0 * 60.0 / pixel_scale_arcmin  # π / (pixel side in radians)
+    edges = np.geomspace(0.75 * modes.min(), ell_nyq, n_bins + 1)
+
+    def filled(lo: float, hi: float) -> bool:
+        return bool(np.any((modes >= lo) & (modes < hi)))
+
+    keep = [edges[0]]
+    for e in edges[1:-1]:
+        if filled(keep[-1], e):
+            keep.append(e)
+    keep.append(edges[-1])
+    if len(keep) > 2 and not filled(keep[-2], keep[-1]):
+        del keep[-2]
+    return np.asarray(keep)
+
+
+def ensemble_power_band(
+    cl: np.ndarray, n_patch: int, n_draws: int = 2000, seed: int = 0, level: float = 95.0
+) -> dict[str, np.ndarray]:
+    """The ensemble C_ℓ and the scatter of its average over ``n_patch`` patches.
 
     Parameters
     ----------
-    maps
-        ``[..., ny, nx]``.
-    edges
-        Histogram bin edges ``[n_bins + 1]``, increasing.
-    mask
-        Optional ``[..., ny, nx]`` (broadcast with ``maps``): only pixels with mask > 0 count.
+    cl
+        ``[cut-out, bin, n_ell]``: binned C_ℓ of simulated patches (the training cut-outs).
+    n_patch
+        Patches in the validation average.
+    n_draws, seed
+        Random sets of ``n_patch`` distinct cut-outs.
+    level
+        Central percentage of the sets' averages that the band holds.
 
     Returns
     -------
-    (centres, density)
-        ``centres [n_bins]`` and ``density [..., n_bins]``: counts / (N_pix Δ), with N_pix
-        the pixels counted (values outside the edges included), so the density integrates
-        to the fraction of pixels within the edges.
+    dict
+        ``cl [bin, n_ell]``, the mean over all cut-outs, and ``cl_lo``, ``cl_hi`` [bin,
+        n_ell], the band of ``n_patch``-patch averages. A validation set whose truth lies
+        outside it differs from the ensemble by more than patch sample variance; a posterior
+        that follows the prior where the data are weak then differs from that truth too.
+        Cut-outs from all over the sky are independent; patches of one footprint share
+        large-scale modes, so the band is narrower than the scatter of real patch sets.
     """
-    edges = np.asarray(edges, dtype=np.float64)
-    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
-        raise ValueError("edges must be at least two strictly increasing values")
-    maps = np.asarray(maps, dtype=np.float64)
-    use = np.ones(maps.shape, bool) if mask is None else np.broadcast_to(mask, maps.shape) > 0
-    n_bins = edges.size - 1
-    flat = maps.reshape(-1, maps.shape[-2] * maps.shape[-1])
-    use = use.reshape(flat.shape)
-    density = np.zeros((flat.shape[0], n_bins))
-    for i, (row, u) in enumerate(zip(flat, use, strict=True)):
-        n = int(u.sum())
-        if n:
-            density[i] = np.histogram(row[u], bins=edges)[0] / (n * np.diff(edges))
-    return 0.5 * (edges[1:] + edges[:-1]), density.reshape(*maps.shape[:-2], n_bins)
-
-
-def find_peaks(maps: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Boolean ``[..., ny, nx]``: pixels strictly higher than all 8 neighbours.
-
-    Border pixels (without 8 neighbours) are never peaks; with a ``mask``, pixels whose
-    3×3 neighbourhood touches a masked pixel (mask == 0) are excluded too.
-    """
-    maps = np.asarray(maps, dtype=np.float64)
-    ny, nx = maps.shape[-2:]
-    peaks = np.zeros(maps.shape, bool)
-    if ny < 3 or nx < 3:
-        return peaks
-    centre = maps[..., 1:-1, 1:-1]
-    inner = np.ones(centre.shape, bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy or dx:
-                inner &= centre > maps[..., 1 + dy : ny - 1 + dy, 1 + dx : nx - 1 + dx]
-    if mask is not None:
-        ok = np.broadcast_to(np.asarray(mask) > 0, maps.shape)
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                inner &= ok[..., 1 + dy : ny - 1 + dy, 1 + dx : nx - 1 + dx]
-    peaks[..., 1:-1, 1:-1] = inner
-    return peaks
-
-
-def peak_counts(
-    maps: np.ndarray,
-    edges: Sequence[float],
-    noise_sigma: float | np.ndarray | None = None,
-    mask: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Histogram of peak heights, in κ or in signal-to-noise ν = κ/σ_noise.
-
-    Parameters
-    ----------
-    maps
-        ``[..., ny, nx]``.
-    edges
-        Bin edges of the peak height ``[n_bins + 1]`` (κ, or ν when ``noise_sigma`` is given).
-    noise_sigma
-        Noise standard deviation: a scalar or an array broadcasting against ``maps``
-        (per map ``[..., 1, 1]`` or per pixel); must be > 0.
-    mask
-        Optional; peaks touching masked pixels are not counted (:func:`find_peaks`).
-
-    Returns
-    -------
-    (centres, counts)
-        ``centres [n_bins]`` and integer ``counts [..., n_bins]``.
-    """
-    edges = np.asarray(edges, dtype=np.float64)
-    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
-        raise ValueError("edges must be at least two strictly increasing values")
-    maps = np.asarray(maps, dtype=np.float64)
-    height = maps
-    if noise_sigma is not None:
-        sig = np.broadcast_to(np.asarray(noise_sigma, dtype=np.float64), maps.shape)
-        if np.any(~(sig > 0)):
-            raise ValueError(f"noise_sigma: {int(np.sum(~(sig > 0)))} values are not > 0")
-        height = maps / sig
-    # peaks of the S/N map when the noise varies from pixel to pixel
-    peaks = find_peaks(height, mask)
-    n_bins = edges.size - 1
-    flat_h = height.reshape(-1, maps.shape[-2] * maps.shape[-1])
-    flat_p = peaks.reshape(flat_h.shape)
-    counts = np.stack(
-        [np.histogram(h[p], bins=edges)[0] for h, p in zip(flat_h, flat_p, strict=True)]
+    cl = np.asarray(cl, dtype=np.float64)
+    if not 1 <= n_patch <= cl.shape[0]:
+        raise ValueError(f"ensemble_power_band: {n_patch} patches from {cl.shape[0]} cut-outs")
+    rng = np.random.default_rng(seed)
+    means = np.stack(
+        [cl[rng.choice(cl.shape[0], n_patch, replace=False)].mean(axis=0) for _ in range(n_draws)]
     )
-    return 0.5 * (edges[1:] + edges[:-1]), counts.reshape(*maps.shape[:-2], n_bins)
+    tail = 0.5 * (100.0 - level)
+    lo, hi = np.percentile(means, [tail, 100.0 - tail], axis=0)
+    return {"cl": cl.mean(axis=0), "cl_lo": lo, "cl_hi": hi}

@@ -1,11 +1,11 @@
-"""TARP coverage and the likelihood-scaling choice (kappadiff.calibration)."""
+"""TARP coverage and the likelihood-scaling choice (kappadiff.tarp)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from kappadiff.calibration import (
+from kappadiff.tarp import (
     bootstrap_coverage,
     choose_scaling,
     coverage_curve,

@@ -1,4 +1,4 @@
-"""Calibration of posterior samples: TARP coverage and the likelihood-scaling search.
+"""TARP coverage of posterior samples, and the likelihood-scaling choice it drives.
 
 TARP (Tests of Accuracy with Random Points, Lemos, Coogan et al. 2023, arXiv:2302.03026)
 checks that posterior samples are calibrated in many dimensions at once. For each
@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .scaling import LikelihoodScaling
+
 __all__ = [
     "ScalingChoice",
     "TarpResult",
@@ -46,6 +48,7 @@ __all__ = [
     "random_references",
     "tarp_coverage",
     "tarp_credibility",
+    "tarp_inputs",
     "tarp_package_coverage",
     "tarp_vectors",
 ]
@@ -373,6 +376,46 @@ def tarp_vectors(maps: np.ndarray, n_regions: int, block: int) -> np.ndarray:
     return x.reshape(*lead[:-1], n_regions * n_regions, lead[-1], nb * nb)
 
 
+def tarp_inputs(
+    samples: np.ndarray,
+    truth: np.ndarray,
+    reference_maps: np.ndarray,
+    n_regions: int,
+    block: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TARP vectors of the samples, truths and prior references.
+
+    Parameters
+    ----------
+    samples
+        ``[sample, patch, bin, n, n]``.
+    truth
+        ``[patch, bin, n, n]``.
+    reference_maps
+        Prior samples ``[n_ref, bin, n, n]``.
+    n_regions, block
+        See :func:`kappadiff.tarp_vectors`.
+
+    Returns
+    -------
+    (x, theta, pool)
+        ``x [sample, sim, bin, dim]``, ``theta [sim, bin, dim]`` with sims = patch ×
+        sub-region, and the reference pool ``[n_ref × n_regions², bin, dim]``.
+    """
+    if samples.shape[1:] != truth.shape:
+        raise ValueError(f"samples {samples.shape} do not match truth {truth.shape}")
+    if reference_maps.shape[1:] != truth.shape[1:]:
+        raise ValueError(f"prior references {reference_maps.shape} do not match {truth.shape}")
+    x = tarp_vectors(samples, n_regions, block)
+    n_s, n_p, n_r = x.shape[:3]
+    x = x.reshape(n_s, n_p * n_r, *x.shape[3:])
+    theta = tarp_vectors(truth, n_regions, block)
+    theta = theta.reshape(n_p * n_r, *theta.shape[2:])
+    pool = tarp_vectors(reference_maps, n_regions, block)
+    pool = pool.reshape(-1, *pool.shape[2:])
+    return x, theta, pool
+
+
 @dataclass(frozen=True)
 class ScalingChoice:
     """The chosen likelihood scaling.
@@ -391,6 +434,11 @@ class ScalingChoice:
     sigma_t: np.ndarray
     candidate: np.ndarray
     max_error: np.ndarray
+
+    @property
+    def scaling(self) -> LikelihoodScaling:
+        """The chosen per-bin scaling."""
+        return LikelihoodScaling(tuple(self.t_bar), tuple(self.sigma_t))
 
 
 def choose_scaling(
