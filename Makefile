@@ -30,6 +30,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint
+	$(BIN)/lint-imports
 
 # A local single-node Slurm cluster (root; Debian packages installed on first use) for
 # `snakemake --profile slurm` and tests/test_slurm.py; state and logs in /tmp/kappadiff-slurm.

@@ -64,6 +64,11 @@ def test_default_config_dry_run(tmp_path):
             lambda c: c["validation"].__setitem__("search_patches", [24, 7]),
             "validation.search_patches [7]",
         ),
+        (
+            lambda c: c["sims"].update(source="cosmogrid", shell_files=["sim0.h5"]),
+            "sims.shell_files lists 1 simulations, but sims.n_sims = 2",
+        ),
+        (lambda c: c["validation"].__setitem__("n_regions", 3), "validation.n_regions"),
     ],
     ids=[
         "negative-nside",
@@ -74,6 +79,8 @@ def test_default_config_dry_run(tmp_path):
         "patch-size-mismatch",
         "mock-in-training",
         "search-patch-not-validated",
+        "too-few-shell-files",
+        "tarp-regions-not-dividing-npix",
     ],
 )
 def test_invalid_config_names_key(tmp_path, mutate, key):
@@ -95,6 +102,39 @@ def test_check_config_patch_size(tmp_path):
     bad["layout"]["pixel_scale_arcmin"] = 1.0
     with pytest.raises(ConfigError, match="layout.patch_size_deg"):
         check_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("valid", "invalid", "message"),
+    [
+        (
+            {"sims": {"source": "gowerstreet", "shell_files": ["run0", "run1"]}},
+            {"sims": {"source": "gowerstreet", "shell_files": ["run0"]}},
+            "sims.shell_files lists 1 simulations, but sims.n_sims = 2 with "
+            "sims.source = gowerstreet",
+        ),
+        (
+            # 8 regions of 4 px tile the 64 px patch; 3 regions of 2 px do not
+            {"validation": {"n_regions": 8, "block": 4}},
+            {"validation": {"n_regions": 3, "block": 2}},
+            "validation.n_regions x validation.block = 3 x 2 does not divide layout.npix = 64",
+        ),
+    ],
+    ids=["shell-files-per-sim", "tarp-regions-tile-patch"],
+)
+def test_check_config_cross_keys(valid, invalid, message):
+    config = _base()
+    validate_config(config, SCHEMA)
+
+    def overlaid(overlay: dict) -> dict:
+        changed = copy.deepcopy(config)
+        for section, values in overlay.items():
+            changed[section].update(values)
+        return changed
+
+    check_config(overlaid(valid))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_config(overlaid(invalid))
 
 
 def test_unknown_key_is_one_short_message(tmp_path):

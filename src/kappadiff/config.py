@@ -214,6 +214,9 @@ def _is_power_of_two(n: int) -> bool:
 def check_config(config: Mapping[str, Any]) -> None:
     """Check cross-key consistency of a schema-validated configuration.
 
+    This is the one place for the checks that involve several keys; the workflow calls it
+    once, before any job.
+
     Parameters
     ----------
     config
@@ -224,6 +227,15 @@ def check_config(config: Mapping[str, Any]) -> None:
     ConfigError
         With the dotted key path of the first inconsistent value in the message.
     """
+    _check_nsides(config)
+    _check_skies(config["sims"])
+    _check_layout(config["layout"])
+    if "validation" in config:
+        _check_validation(config["validation"], config["layout"])
+
+
+def _check_nsides(config: Mapping[str, Any]) -> None:
+    """HEALPix resolutions are powers of 2."""
     sims = config["sims"]
     for key in ("nside",):
         if not _is_power_of_two(sims[key]):
@@ -231,6 +243,9 @@ def check_config(config: Mapping[str, Any]) -> None:
     if not _is_power_of_two(config["mosaic"]["nside"]):
         raise ConfigError(f"mosaic.nside = {config['mosaic']['nside']} is not a power of 2")
 
+
+def _check_skies(sims: Mapping[str, Any]) -> None:
+    """The simulated skies: training and mock skies among them, a shell file for each."""
     n_sims = sims["n_sims"]
     for i in sims["train_sims"]:
         if i >= n_sims:
@@ -242,8 +257,15 @@ def check_config(config: Mapping[str, Any]) -> None:
             f"sims.mock_sim = {sims['mock_sim']} is also in sims.train_sims: "
             "the mock sky must be held out of prior training"
         )
+    if sims["source"] != "lognormal" and len(sims["shell_files"]) < n_sims:
+        raise ConfigError(
+            f"sims.shell_files lists {len(sims['shell_files'])} simulations, "
+            f"but sims.n_sims = {n_sims} with sims.source = {sims['source']}"
+        )
 
-    layout = config["layout"]
+
+def _check_layout(layout: Mapping[str, Any]) -> None:
+    """The ``layout`` section: the patch size is npix pixels of pixel_scale_arcmin."""
     size_arcmin = layout["npix"] * layout["pixel_scale_arcmin"]
     expected = size_arcmin / 60.0
     if abs(layout["patch_size_deg"] - expected) > PATCH_SIZE_RTOL * expected:
@@ -253,17 +275,24 @@ def check_config(config: Mapping[str, Any]) -> None:
             f"{layout['pixel_scale_arcmin']}' = {expected:.6g} deg"
         )
 
+
+def _check_validation(v: Mapping[str, Any], layout: Mapping[str, Any]) -> None:
+    """The ``validation`` section: the search patches, the TARP regions within a patch."""
     # the scaling search runs on some of the validation's mock patches
-    if "validation" in config:
-        v = config["validation"]
-        search = v.get("search_patches")
-        missing = sorted(set(search or []) - set(v["patches"]))
-        if missing:
-            raise ConfigError(
-                f"validation.search_patches {missing} are not among validation.patches "
-                f"{list(v['patches'])}: set validation.search_patches to some of them, or "
-                "null to search them all"
-            )
+    search = v.get("search_patches")
+    missing = sorted(set(search or []) - set(v["patches"]))
+    if missing:
+        raise ConfigError(
+            f"validation.search_patches {missing} are not among validation.patches "
+            f"{list(v['patches'])}: set validation.search_patches to some of them, or "
+            "null to search them all"
+        )
+    npix = layout["npix"]
+    if npix % (v["n_regions"] * v["block"]):
+        raise ConfigError(
+            f"validation.n_regions x validation.block = {v['n_regions']} x {v['block']} "
+            f"does not divide layout.npix = {npix}"
+        )
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

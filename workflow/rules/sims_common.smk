@@ -1,13 +1,5 @@
-# Helpers of the 'sims' stage rules (sims.smk): config check, inputs and resources of a sky.
+# Helpers of the 'sims' stage rules (sims.smk): inputs and resources of a sky.
 import os
-
-if config["sims"]["source"] != "lognormal":
-    if len(config["sims"]["shell_files"]) < config["sims"]["n_sims"]:
-        raise ValueError(
-            f"sims.shell_files lists {len(config['sims']['shell_files'])} simulations, "
-            f"but sims.n_sims = {config['sims']['n_sims']} with sims.source = "
-            f"{config['sims']['source']}"
-        )
 
 
 def tomography_inputs(wildcards):

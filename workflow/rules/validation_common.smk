@@ -23,20 +23,6 @@ def search_patch_ids():
     return [f"{i:04d}" for i in (v["search_patches"] or v["patches"])]
 
 
-def check_validation_config():
-    """Cross-key checks of the validation section, before any job."""
-    v = config["validation"]
-    npix = config["layout"]["npix"]
-    if npix % (v["n_regions"] * v["block"]):
-        raise ValueError(
-            f"validation.n_regions x validation.block = {v['n_regions']} x {v['block']} "
-            f"does not divide layout.npix = {npix}"
-        )
-
-
-check_validation_config()
-
-
 def candidate_runs():
     """Grid candidates of the scaling search, named by their A(t): t{t_bar}_s{sigma_t}."""
     v = config["validation"]

@@ -46,6 +46,7 @@ from ..diffusion.sampler import ddim_sample, timestep_sequence
 from ..diffusion.speed import Speedups
 from ..diffusion.train import (
     TrainSettings,
+    TrainState,
     checkpoint_state,
     fingerprint,
     fingerprint_changes,
@@ -220,19 +221,20 @@ def train_prior(
             dist.destroy_process_group()
 
 
-def _train(args: dict, device: torch.device) -> None:
+def _open_training_set(
+    args: dict, in_channels: int, seed: int, device: torch.device
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, dict[str, Any]]:
+    """The cut-out arrays, the training and held-out indices, and the data fingerprint."""
     config = args["config"]
     p = config["prior"]
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    unet_cfg, schedule, settings = settings_from_config(config)
     arrays = open_cutouts(args["cutouts"], npix=config["layout"]["npix"])
-    if arrays[0].shape[1] != unet_cfg.in_channels:
+    if arrays[0].shape[1] != in_channels:
         raise ValueError(
             f"{args['cutouts'][0]}: {arrays[0].shape[1]} tomographic bins, the prior expects "
-            f"{unet_cfg.in_channels}"
+            f"{in_channels}"
         )
     counts = [int(a.shape[0]) for a in arrays]
-    train_idx, hold_idx = split_holdout(sum(counts), p["holdout_fraction"], settings.seed)
+    train_idx, hold_idx = split_holdout(sum(counts), p["holdout_fraction"], seed)
     log.info(
         "%d cut-outs in %d files: %d for training, %d held out; device %s",
         sum(counts),
@@ -249,10 +251,24 @@ def _train(args: dict, device: torch.device) -> None:
         "log_shift_factor": p["log_shift_factor"],
         "holdout_fraction": p["holdout_fraction"],
     }
-    fp = fingerprint(unet_cfg, schedule, settings, data_info)
-    ckpt_path = Path(args["model"]).with_name("checkpoint.pt")
+    return arrays, train_idx, hold_idx, data_info
 
-    state = None
+
+def _resume_or_start(
+    ckpt_path: Path,
+    fp: dict[str, str],
+    arrays: list[np.ndarray],
+    args: dict,
+    unet_cfg: UNetConfig,
+    settings: TrainSettings,
+    device: torch.device,
+) -> tuple[TrainState, Normalisation]:
+    """The training state and normalisation: the checkpoint's where it can be resumed.
+
+    A checkpoint is resumed only if its fingerprint equals ``fp`` and it is not past
+    ``settings.steps``; otherwise the normalisation is fitted and training starts afresh.
+    """
+    p = args["config"]["prior"]
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         changed = fingerprint_changes(ckpt.get("fingerprint"), fp)
@@ -273,18 +289,60 @@ def _train(args: dict, device: torch.device) -> None:
             state = restore_state(ckpt, settings, device)
             normalisation = Normalisation.from_dict(ckpt["normalisation"])
             log.info("resuming from %s at step %d", ckpt_path, state.step)
-    if state is None:
-        normalisation = fit_normalisation(
-            arrays, p["normalisation"], p["log_shift_factor"], names=args["cutouts"]
-        )
-        state = new_state(unet_cfg, settings, device)
+            return state, normalisation
+    normalisation = fit_normalisation(
+        arrays, p["normalisation"], p["log_shift_factor"], names=args["cutouts"]
+    )
+    return new_state(unet_cfg, settings, device), normalisation
+
+
+def _write_products(
+    args: dict,
+    final: dict,
+    losses: Sequence[float],
+    arrays: list[np.ndarray],
+    reference_idx: np.ndarray,
+    seed: int,
+    device: torch.device,
+) -> None:
+    """Write the final checkpoint, the loss log and curve, and prior samples beside cut-outs.
+
+    The sample grid shows ``prior.n_show`` DDIM draws (seeded from ``seed``) above the
+    cut-outs ``reference_idx[:n_show]``.
+    """
+    p = args["config"]["prior"]
+    save_checkpoint(args["model"], final)
+    _write_loss_csv(args["loss_csv"], losses)
+
+    from .. import plots
+
+    _save_figure(plots.prior_loss_curve(losses), args["loss_png"])
+    prior = prior_from_state(final, device)
+    n_show = p["n_show"]
+    samples = draw_prior_samples(
+        prior, n_show, p["ddim_steps"], p["ddim_eta"], derive_seed(seed, "show")
+    )
+    references = CutoutSet(arrays, augment=False).read(reference_idx[:n_show])
+    _save_figure(plots.prior_samples_grid(samples, references), args["samples_png"])
+
+
+def _train(args: dict, device: torch.device) -> None:
+    p = args["config"]["prior"]
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    unet_cfg, schedule, settings = settings_from_config(args["config"])
+    arrays, train_idx, hold_idx, data_info = _open_training_set(
+        args, unet_cfg.in_channels, settings.seed, device
+    )
+    fp = fingerprint(unet_cfg, schedule, settings, data_info)
+    ckpt_path = Path(args["model"]).with_name("checkpoint.pt")
+    state, normalisation = _resume_or_start(ckpt_path, fp, arrays, args, unet_cfg, settings, device)
     log.info("UNet %s: %d parameters", unet_cfg, count_parameters(state.model))
 
     extra = {
         "fingerprint": fp,
         "holdout": torch.from_numpy(hold_idx),
         "data_files": data_info["files"],
-        "data_counts": counts,
+        "data_counts": data_info["counts"],
     }
     npix = int(arrays[0].shape[-1])
 
@@ -308,20 +366,8 @@ def _train(args: dict, device: torch.device) -> None:
     if rank != 0:
         return
     final = checkpoint_state(state, schedule, normalisation, settings, npix, extra)
-    save_checkpoint(args["model"], final)
-    _write_loss_csv(args["loss_csv"], state.losses)
-
-    from .. import plots
-
-    _save_figure(plots.prior_loss_curve(state.losses), args["loss_png"])
-    prior = prior_from_state(final, device)
-    n_show = p["n_show"]
-    samples = draw_prior_samples(
-        prior, n_show, p["ddim_steps"], p["ddim_eta"], derive_seed(settings.seed, "show")
-    )
     reference_idx = hold_idx if len(hold_idx) else train_idx
-    references = CutoutSet(arrays, augment=False).read(reference_idx[:n_show])
-    _save_figure(plots.prior_samples_grid(samples, references), args["samples_png"])
+    _write_products(args, final, state.losses, arrays, reference_idx, settings.seed, device)
     log.info("wrote %s after %d steps", args["model"], state.step)
 
 

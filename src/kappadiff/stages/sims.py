@@ -62,6 +62,71 @@ def source_nz(spec: str) -> tuple[np.ndarray, np.ndarray]:
     return z, nz
 
 
+def _lognormal_sky(
+    sims: Mapping[str, Any],
+    index: int,
+    seed: int,
+    cosmo: Cosmology,
+    z_nz: np.ndarray,
+    nz: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A GLASS lognormal sky: κ maps ``(4, npix)``, shell redshift edges, header cards."""
+    nside = int(sims["nside"])
+    model = lensing_cosmology(cosmo, zmax=max(sims["shell_zmax"], z_nz[-1]))
+    z_edges = shell_edges(model, sims["shell_zmax"], sims["shell_dchi"])
+    check_nz_overlap(z_edges, z_nz, nz, sims["nz"])
+    lmax = int(sims["lmax_factor"] * nside)
+    log.info(
+        "sky %d: lognormal, %d shells to z = %.2f, nside %d, lmax %d, seed %d",
+        index,
+        len(z_edges) - 1,
+        z_edges[-1],
+        nside,
+        lmax,
+        seed,
+    )
+    kappa = lognormal_kappa(model, z_edges, z_nz, nz, nside, lmax, np.random.default_rng(seed))
+    return kappa, z_edges, {"LMAX": lmax, "SHDCHI": float(sims["shell_dchi"])}
+
+
+def _check_shell_cosmology(source: str, recorded: Mapping[str, float], cosmo: Cosmology) -> None:
+    """Refuse N-body shells whose recorded cosmology differs from ``sims.cosmology``."""
+    for name, value in recorded.items():
+        if not np.isclose(value, getattr(cosmo, name), rtol=COSMOLOGY_RTOL):
+            raise ValueError(
+                f"{source}: the simulation has {name} = {value}, but "
+                f"sims.cosmology.{name} = {getattr(cosmo, name)}; the lensing kernels "
+                "must use the simulation's cosmology"
+            )
+
+
+def _shell_sky(
+    sims: Mapping[str, Any], index: int, cosmo: Cosmology, z_nz: np.ndarray, nz: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Born κ of N-body shells ``sims.shell_files[index]``: maps, shell edges, header cards."""
+    nside = int(sims["nside"])
+    files = sims["shell_files"]
+    if index >= len(files):
+        raise ValueError(f"sims.shell_files lists {len(files)} simulations; sky {index} has none")
+    shells = read_shells(sims["source"], files[index], zmax=z_nz[-1])
+    _check_shell_cosmology(shells.source, shells.cosmology, cosmo)
+    z_edges = shells.z_edges
+    check_nz_overlap(z_edges, z_nz, nz, sims["nz"])
+    model = lensing_cosmology(cosmo, zmax=max(z_edges[-1], z_nz[-1]))
+    weights = born_weights(model, z_edges, z_nz, nz)
+    log.info(
+        "sky %d: %d %s shells (nside %d) from %s to nside %d",
+        index,
+        shells.n_shell,
+        sims["source"],
+        shells.nside,
+        shells.source,
+        nside,
+    )
+    kappa = born_kappa(shells.deltas(nside), weights)
+    return kappa, z_edges, {"SHELLSRC": os.fspath(files[index]), "SHNSIDE": shells.nside}
+
+
 def make_tomography(config: Mapping[str, Any], index: int, output: str | os.PathLike) -> np.ndarray:
     """Make and write the convergence maps of simulated sky ``index``.
 
@@ -85,61 +150,20 @@ def make_tomography(config: Mapping[str, Any], index: int, output: str | os.Path
     # healpy logs two INFO lines per shell synthesis; keep the rule's log readable
     logging.getLogger("healpy").setLevel(logging.WARNING)
     cosmo = Cosmology.from_config(sims["cosmology"])
-    nside = int(sims["nside"])
     z_nz, nz = source_nz(sims["nz"])
     cards: dict[str, Any] = {
-        "NSIDE": nside,
+        "NSIDE": int(sims["nside"]),
         **cosmo.header_cards(),
         "NZSRC": sims["nz"],
         "SIMSRC": sims["source"],
     }
-    seed = None
     if sims["source"] == "lognormal":
         seed = derive_seed(config["seed"], "sims", index)
-        model = lensing_cosmology(cosmo, zmax=max(sims["shell_zmax"], z_nz[-1]))
-        z_edges = shell_edges(model, sims["shell_zmax"], sims["shell_dchi"])
-        check_nz_overlap(z_edges, z_nz, nz, sims["nz"])
-        lmax = int(sims["lmax_factor"] * nside)
-        log.info(
-            "sky %d: lognormal, %d shells to z = %.2f, nside %d, lmax %d, seed %d",
-            index,
-            len(z_edges) - 1,
-            z_edges[-1],
-            nside,
-            lmax,
-            seed,
-        )
-        kappa = lognormal_kappa(model, z_edges, z_nz, nz, nside, lmax, np.random.default_rng(seed))
-        cards.update(LMAX=lmax, SHDCHI=float(sims["shell_dchi"]))
+        kappa, z_edges, source_cards = _lognormal_sky(sims, index, seed, cosmo, z_nz, nz)
     else:
-        files = sims["shell_files"]
-        if index >= len(files):
-            raise ValueError(
-                f"sims.shell_files lists {len(files)} simulations; sky {index} has none"
-            )
-        shells = read_shells(sims["source"], files[index], zmax=z_nz[-1])
-        for name, value in shells.cosmology.items():
-            if not np.isclose(value, getattr(cosmo, name), rtol=COSMOLOGY_RTOL):
-                raise ValueError(
-                    f"{shells.source}: the simulation has {name} = {value}, but "
-                    f"sims.cosmology.{name} = {getattr(cosmo, name)}; the lensing kernels "
-                    "must use the simulation's cosmology"
-                )
-        z_edges = shells.z_edges
-        check_nz_overlap(z_edges, z_nz, nz, sims["nz"])
-        model = lensing_cosmology(cosmo, zmax=max(z_edges[-1], z_nz[-1]))
-        weights = born_weights(model, z_edges, z_nz, nz)
-        log.info(
-            "sky %d: %d %s shells (nside %d) from %s to nside %d",
-            index,
-            shells.n_shell,
-            sims["source"],
-            shells.nside,
-            shells.source,
-            nside,
-        )
-        kappa = born_kappa(shells.deltas(nside), weights)
-        cards.update(SHELLSRC=os.fspath(files[index]), SHNSIDE=shells.nside)
+        seed = None
+        kappa, z_edges, source_cards = _shell_sky(sims, index, cosmo, z_nz, nz)
+    cards.update(source_cards)
     cards.update(NSHELLS=len(z_edges) - 1, SHZMIN=float(z_edges[0]), SHZMAX=float(z_edges[-1]))
     kappa = kappa.astype(np.float32)
     write_healpix(
