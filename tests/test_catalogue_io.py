@@ -1,4 +1,4 @@
-"""Tests of kappadiff.catalogue_io (DES-Y3 HDF5 and FITS readers/writers) and of the
+"""Tests of kappadiff.catalogue.io (DES-Y3 HDF5 and FITS readers/writers) and of the
 catalogue stage end to end (mock catalogue -> pixelised patches with accounting)."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import pytest
 import yaml
 from astropy.io import fits
 
-from kappadiff import catalogue_io as io
-from kappadiff.catalogue import SHEARED_SELECTIONS, CatalogueError, calibration_from_sums
+from kappadiff.catalogue import SHEARED_SELECTIONS, CatalogueError, io, shear_calibration_from_sums
 from kappadiff.products import ProductError, image_hdu, tan_header, write_fits, write_healpix
 
 N_BINS = 4
@@ -71,7 +70,7 @@ def test_desy3_reader_and_selection_response(tmp_path, rng):
     )
     # response by brute force on the whole arrays
     sums = io.desy3_response_sums(files, N_BINS, e_max=1.0, chunk_size=700)
-    cal = calibration_from_sums(sums, m=[0.01, 0.02, 0.03, 0.04], subtract_mean=True)
+    cal = shear_calibration_from_sums(sums, m=[0.01, 0.02, 0.03, 0.04], subtract_mean=True)
     e1, e2, w, b = cols["e1"], cols["e2"], cols["weight"], cols["bin"]
     for k in range(N_BINS):
         sel = rows[(b[rows] == k) & (e1[rows] ** 2 + e2[rows] ** 2 < 1)]

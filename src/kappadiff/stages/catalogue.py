@@ -33,13 +33,12 @@ import numpy as np
 from .. import footprint, sims, sphere
 from ..catalogue import (
     Accounting,
-    Calibration,
     CatalogueError,
     GalaxyChunk,
     PatchGrid,
     ShapeModel,
     ShapeNoiseMock,
-    calibration_from_sums,
+    ShearCalibration,
     catalogue_extent,
     mock_positions,
     mock_shapes,
@@ -48,8 +47,9 @@ from ..catalogue import (
     pixelise_catalogue,
     quality_cut_chunks,
     shear_at_positions,
+    shear_calibration_from_sums,
 )
-from ..catalogue_io import (
+from ..catalogue.io import (
     DESY3Files,
     desy3_response_sums,
     fits_response_sums,
@@ -358,7 +358,7 @@ def _calibration(
     inputs: Mapping[str, str],
     chunks: Callable[[], Iterable[GalaxyChunk]],
     where: str,
-) -> Calibration:
+) -> ShearCalibration:
     """Per-bin calibration: metacal response (DES-Y3), mean response column (FITS), or none."""
     cat = config["catalogue"]
     n_bins, e_max, m = DESY3_N_BINS, cat["e_max"], cat["m_bias"]
@@ -366,12 +366,12 @@ def _calibration(
         files = DESY3Files(inputs["metacal"], inputs["index"], inputs["sompz"])
         log.info("DES-Y3 catalogue %s: measuring the shear response", files)
         sums = desy3_response_sums(files, n_bins, e_max, cat["chunk_size"])
-        return calibration_from_sums(sums, m, cat["subtract_mean_shear"], where)
+        return shear_calibration_from_sums(sums, m, cat["subtract_mean_shear"], where)
     has_response = cat["source"] == "fits" and bool(cat["fits"]["columns"].get("response"))
     if cat["subtract_mean_shear"] or has_response:
         sums = fits_response_sums(chunks(), n_bins, e_max, where)
-        return calibration_from_sums(sums, m, cat["subtract_mean_shear"], where)
-    return Calibration.identity(n_bins, m)
+        return shear_calibration_from_sums(sums, m, cat["subtract_mean_shear"], where)
+    return ShearCalibration.identity(n_bins, m)
 
 
 def _centres(grid: PatchGrid, ids: np.ndarray, wanted: Sequence[int], most: int = 5) -> str:
