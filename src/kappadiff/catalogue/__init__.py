@@ -3,15 +3,15 @@
 Pure functions on arrays and chunks of galaxies, by concern:
 
 - :mod:`~kappadiff.catalogue.cuts`: :class:`GalaxyChunk`, input checks, row hashes and
-  duplicates, quality cuts, the galaxy :class:`Accounting`;
+  duplicates, the catalogue's content hash, quality cuts, the galaxy :class:`Accounting`;
 - :mod:`~kappadiff.catalogue.responses`: metacalibration response sums and the
   :class:`ShearCalibration`;
 - :mod:`~kappadiff.catalogue.assignment`: :class:`PatchGrid`, :class:`PatchLookup` and the
   compiled kernels that find each galaxy's patches and pixels;
 - :mod:`~kappadiff.catalogue.pixelise`: :func:`pixelise_catalogue` and its
   :class:`ShearAccumulator`;
-- :mod:`~kappadiff.catalogue.mock`: mock positions, shears and shapes, and
-  :class:`ShapeNoiseMock`;
+- :mod:`~kappadiff.catalogue.mock`: mock positions, shears and shapes, whole mock
+  catalogues drawn from a simulated sky, and :class:`ShapeNoiseMock`;
 - :mod:`~kappadiff.catalogue.io`: the readers and writers of catalogue files (DES-Y3 HDF5,
   FITS) and of the pixelised data patches, imported from there (not re-exported here, so
   that the science modules do not load the file libraries).
@@ -35,6 +35,7 @@ from .cuts import (
     BinErrors,
     CatalogueError,
     GalaxyChunk,
+    HashedChunks,
     catalogue_extent,
     check_radians,
     count_repeats,
@@ -44,6 +45,7 @@ from .cuts import (
 )
 from .mock import (
     ShapeNoiseMock,
+    mock_catalogue,
     mock_positions,
     mock_shapes,
     occupancy_mask,
@@ -74,6 +76,7 @@ __all__ = [
     "BinErrors",
     "CatalogueError",
     "GalaxyChunk",
+    "HashedChunks",
     "PatchGrid",
     "PatchLookup",
     "ResponseSums",
@@ -87,6 +90,7 @@ __all__ = [
     "check_radians",
     "count_repeats",
     "first_containing_patch",
+    "mock_catalogue",
     "mock_positions",
     "mock_shapes",
     "occupancy_mask",

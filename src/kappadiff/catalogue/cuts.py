@@ -3,7 +3,8 @@
 A catalogue is consumed as an iterable of :class:`GalaxyChunk`, so that memory never grows
 with the number of galaxies. This module holds what is decided about each galaxy before it
 is calibrated or projected: checks of the input (:func:`check_radians`), 64-bit row hashes
-that count duplicate rows (:func:`row_hashes`, :func:`count_repeats`), the quality cuts
+that count duplicate rows (:func:`row_hashes`, :func:`count_repeats`), the hash of a
+catalogue's content that identifies it (:class:`HashedChunks`), the quality cuts
 (:func:`quality_cuts`, :func:`quality_cut_chunks`, with :class:`BinErrors` for bin values
 that are errors) and the galaxy :class:`Accounting`.
 
@@ -14,8 +15,9 @@ for exactly one reason, the first of :data:`REJECTION_REASONS` that applies, so 
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numba
@@ -29,6 +31,7 @@ __all__ = [
     "BinErrors",
     "CatalogueError",
     "GalaxyChunk",
+    "HashedChunks",
     "catalogue_extent",
     "check_radians",
     "count_repeats",
@@ -228,6 +231,28 @@ def row_hashes(
     cols = [np.ascontiguousarray(c, dtype=np.float64).view(np.uint64) for c in (ra, dec, e1, e2)]
     rows = np.arange(cols[0].size) if rows is None else np.asarray(rows, dtype=np.int64)
     return _hash_kernel(rows, *cols)
+
+
+class HashedChunks:
+    """A catalogue's chunks, hashing their columns on the first pass (``digest``).
+
+    The hash (BLAKE2b of ra, dec, e1, e2, weight and bin in file order) identifies the
+    catalogue's content at no extra read: the pixelisation reads every chunk anyway.
+    """
+
+    def __init__(self, chunks: Callable[[], Iterable[GalaxyChunk]]) -> None:
+        self.chunks = chunks
+        self.digest: str | None = None
+
+    def __call__(self) -> Iterator[GalaxyChunk]:
+        h = hashlib.blake2b(digest_size=8) if self.digest is None else None
+        for chunk in self.chunks():
+            if h is not None:
+                for column in (chunk.ra, chunk.dec, chunk.e1, chunk.e2, chunk.weight, chunk.bin):
+                    h.update(np.ascontiguousarray(column))
+            yield chunk
+        if h is not None:
+            self.digest = h.hexdigest()
 
 
 #: Mean number of hashes a bucket of :func:`count_repeats` holds (its table stays in cache).

@@ -3,29 +3,36 @@
 :func:`mock_positions` draws Poisson positions that patches own without double counting
 their overlaps, :func:`shear_at_positions` interpolates the DES-convention shear of HEALPix
 maps at the galaxies, :func:`mock_shapes` adds Gaussian shape noise, and
+:func:`mock_catalogue` draws a whole mock catalogue from a simulated sky with them, and
 :class:`ShapeNoiseMock` turns a real catalogue into a mock of known shear (its shapes
 rotated, a simulated shear added). :func:`occupancy_mask` counts galaxies per HEALPix pixel.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import healpy as hp
 import numpy as np
 
-from .assignment import PatchGrid, PatchLookup, first_containing_patch
+from ..seeding import rng_for
+from ..sims import shear_from_kappa
+from .assignment import PatchGrid, PatchLookup, first_containing_patch, patch_lookup
 from .cuts import GalaxyChunk
 
 __all__ = [
     "ShapeNoiseMock",
+    "mock_catalogue",
     "mock_positions",
     "mock_shapes",
     "occupancy_mask",
     "shear_at_positions",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def mock_positions(
@@ -126,6 +133,71 @@ def mock_shapes(
     """
     s = np.asarray(sigma_e, dtype=np.float64)[bins]
     return g1 + s * rng.standard_normal(len(g1)), g2 + s * rng.standard_normal(len(g2))
+
+
+def mock_catalogue(
+    kappa: np.ndarray,
+    grid: PatchGrid,
+    ids: Sequence[int],
+    n_eff: Sequence[float],
+    sigma_e: Sequence[float],
+    seed: int,
+    footprint: np.ndarray | None = None,
+    reduced_shear: bool = False,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Galaxy columns of a mock catalogue drawn from a simulated sky, one (bin, patch) a chunk.
+
+    Galaxies are Poisson distributed at ``n_eff`` per bin over the union of the patches of
+    ``grid`` (inside ``footprint``; :func:`mock_positions`), sheared by the sky's
+    convergence (healpy spin-2 shear at each galaxy, DES sign, reduced if
+    ``reduced_shear``; :func:`shear_at_positions`) plus Gaussian shape noise ``sigma_e``
+    (:func:`mock_shapes`). Bins are drawn one after the other, so only one bin's shear maps
+    are held in memory.
+
+    Parameters
+    ----------
+    kappa : (n_bins, npix_hp)
+        Convergence maps of the sky, HEALPix RING.
+    grid, ids
+        The patches and their ids; the galaxies of patch ``ids[k]`` in bin ``b`` are drawn
+        from ``rng_for(seed, "mock_catalogue", ids[k], b)``.
+    n_eff, sigma_e
+        Galaxy density (arcmin^-2) and shape noise per component, per bin.
+    seed
+        Seed of the configuration.
+    footprint
+        HEALPix RING bool map outside which no galaxy is drawn.
+    reduced_shear
+        Whether galaxies carry the reduced shear ``gamma / (1 - kappa)``.
+
+    Yields
+    ------
+    dict
+        Columns ``ra, dec, e1, e2, weight, bin`` (weights 1, bins 0-based) of one bin of
+        one patch.
+    """
+    lookup = patch_lookup(grid)
+    n_eff = np.asarray(n_eff, dtype=np.float64)
+    sigma_e = np.asarray(sigma_e, dtype=np.float64)
+    for b in range(len(kappa)):
+        g1map, g2map = shear_from_kappa(kappa[b])
+        for k, pid in enumerate(ids):
+            rng = rng_for(seed, "mock_catalogue", int(pid), b)
+            ra, dec = mock_positions(rng, grid, k, n_eff[b], lookup, footprint)
+            bins = np.full(ra.size, b, dtype=np.int64)
+            maps = (g1map[None], g2map[None], kappa[b][None] if reduced_shear else None)
+            g1, g2 = shear_at_positions(ra, dec, np.zeros_like(bins), *maps)
+            e1, e2 = mock_shapes(rng, g1, g2, bins, sigma_e)
+            log.info("bin %d, patch %d: %d galaxies", b + 1, pid, ra.size)
+            yield {
+                "ra": ra,
+                "dec": dec,
+                "e1": e1,
+                "e2": e2,
+                "weight": np.ones(ra.size),
+                "bin": bins,
+            }
+        del g1map, g2map
 
 
 @dataclass(frozen=True)
