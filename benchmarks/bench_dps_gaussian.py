@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import yaml
 
-from kappadiff.catalogue_io import read_data_patch
+from kappadiff.catalogue.io import read_data_patch
 from kappadiff.diffusion.checkpoint import load_prior
 from kappadiff.diffusion.dps import dps_guidance, shear_data
 from kappadiff.diffusion.gaussian import GaussianDenoiser, mode_covariance

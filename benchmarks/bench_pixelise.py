@@ -125,7 +125,7 @@ def throughput(n_galaxies: int, memory_mb: float, fresh_jit: bool) -> None:
 
 def memory(n_rows: int, chunk_size: int) -> None:
     from kappadiff.catalogue import pixelise_catalogue
-    from kappadiff.catalogue_io import iter_fits_catalogue, write_fits_catalogue
+    from kappadiff.catalogue.io import iter_fits_catalogue, write_fits_catalogue
 
     rng = np.random.default_rng(2)
     grid, mask = _layout(64, 4.0)

@@ -16,8 +16,7 @@ import fitsio
 import healpy as hp
 import numpy as np
 
-from kappadiff import catalogue_io as io
-from kappadiff.catalogue import PatchGrid, mock_positions, patch_lookup, shear_at_positions
+from kappadiff.catalogue import PatchGrid, io, mock_positions, patch_lookup, shear_at_positions
 from kappadiff.footprint import footprint_mask
 from kappadiff.sims import shear_from_kappa
 from kappadiff.stages.layout import footprint_layout_from_config

@@ -127,9 +127,9 @@ def test_calibration_inverts_response_and_bias(rng):
     chunk = C.GalaxyChunk(np.zeros(n), np.zeros(n), e[:, 0], e[:, 1], np.ones(n), bins, resp)
     sums = C.ResponseSums(n_bins)
     sums.add(chunk)
-    cal = C.calibration_from_sums(sums, m=m)
+    cal = C.shear_calibration_from_sums(sums, m=m)
     np.testing.assert_allclose(cal.response, r_true, rtol=1e-12)  # exact: constant R per bin
-    g1, g2 = C.apply_calibration(cal, bins, e[:, 0], e[:, 1])
+    g1, g2 = C.apply_shear_calibration(cal, bins, e[:, 0], e[:, 1])
     np.testing.assert_allclose(np.c_[g1, g2], g, rtol=1e-10, atol=1e-14)
 
 
@@ -143,7 +143,7 @@ def test_selection_response_and_mean_subtraction():
     sums.add_selection("1m", one, w, np.array([0.0, 0.0]), np.array([0.0, 0.0]))
     sums.add_selection("2p", one, w, np.array([0.0, 0.0]), np.array([0.002, 0.002]))
     sums.add_selection("2m", one, w, np.array([0.0, 0.0]), np.array([0.0, 0.0]))
-    cal = C.calibration_from_sums(sums, subtract_mean=True)
+    cal = C.shear_calibration_from_sums(sums, subtract_mean=True)
     np.testing.assert_allclose(cal.selection[0], [[0.2, 0.0], [0.0, 0.1]], atol=1e-12)
     np.testing.assert_allclose(cal.response[0], [[1.2, 0.0], [0.0, 1.1]], atol=1e-12)
     np.testing.assert_allclose(cal.mean_e[0], [0.2, 0.0], atol=1e-15)
@@ -153,7 +153,7 @@ def test_calibration_needs_galaxies_in_every_bin():
     sums = C.ResponseSums(2)
     sums.add(C.GalaxyChunk(*(np.zeros(1) for _ in range(4)), np.ones(1), np.zeros(1, int)))
     with pytest.raises(C.CatalogueError, match=r"bin\(s\) \[2\] hold no usable galaxy"):
-        C.calibration_from_sums(sums)
+        C.shear_calibration_from_sums(sums)
 
 
 # --------------------------------------------------------------------------- assignment

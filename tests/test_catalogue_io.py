@@ -1,4 +1,4 @@
-"""Tests of kappadiff.catalogue_io (DES-Y3 HDF5 and FITS readers/writers) and of the
+"""Tests of kappadiff.catalogue.io (DES-Y3 HDF5 and FITS readers/writers) and of the
 catalogue stage end to end (mock catalogue -> pixelised patches with accounting)."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import pytest
 import yaml
 from astropy.io import fits
 
-from kappadiff import catalogue_io as io
-from kappadiff.catalogue import SHEARED_SELECTIONS, CatalogueError, calibration_from_sums
+from kappadiff.catalogue import SHEARED_SELECTIONS, CatalogueError, io, shear_calibration_from_sums
 from kappadiff.products import ProductError, image_hdu, tan_header, write_fits, write_healpix
 
 N_BINS = 4
+#: The three files of a DES-Y3 catalogue, by the role the catalogue stage reads them in.
+DESY3_ROLES = ("metacal", "index", "sompz")
 
 
 def _des_columns(rng, n):
@@ -71,7 +72,7 @@ def test_desy3_reader_and_selection_response(tmp_path, rng):
     )
     # response by brute force on the whole arrays
     sums = io.desy3_response_sums(files, N_BINS, e_max=1.0, chunk_size=700)
-    cal = calibration_from_sums(sums, m=[0.01, 0.02, 0.03, 0.04], subtract_mean=True)
+    cal = shear_calibration_from_sums(sums, m=[0.01, 0.02, 0.03, 0.04], subtract_mean=True)
     e1, e2, w, b = cols["e1"], cols["e2"], cols["weight"], cols["bin"]
     for k in range(N_BINS):
         sel = rows[(b[rows] == k) & (e1[rows] ** 2 + e2[rows] ** 2 < 1)]
@@ -311,14 +312,17 @@ def test_mock_and_pixelise_stage(test_config, tmp_path, mock_format):
     kappa_path = res / "sims" / "sim001" / "kappa.fits"
     write_healpix(kappa_path, kappa)
     ids = [0, 1]
-    outputs = stage.mock_catalogue_files(config)
+    # the files the rules give the stage (workflow/rules/common.smk: mock_catalogue_files)
+    outputs = {"fits": str(res / "catalogue" / "mock.fits")}
+    if mock_format == "desy3":
+        outputs.update({k: str(res / "catalogue" / f"mock_{k}.h5") for k in DESY3_ROLES})
     stage.make_mock_catalogue(config, kappa_path, layout, ids, outputs)
     with fits.open(outputs["fits"]) as hdul:
         assert hdul[1].header["TRUTH"] == str(kappa_path)
         n_mock = hdul[1].header["NGAL"]
-    inputs = {**stage.catalogue_files(config), "layout": str(layout), "kappa": [str(kappa_path)]}
-    if mock_format == "desy3":
-        assert set(stage.catalogue_files(config)) == {"metacal", "index", "sompz"}
+    # the catalogue pixelise reads (catalogue_files): the DES-Y3 triple, or the FITS table
+    files = {k: outputs[k] for k in DESY3_ROLES} if mock_format == "desy3" else outputs
+    inputs = {**files, "layout": str(layout), "kappa": [str(kappa_path)]}
     data = [str(res / "data" / f"patch_{i:04d}.fits") for i in ids]
     truth = [str(res / "truth" / f"patch_{i:04d}.fits") for i in ids]
     stage.pixelise(config, inputs, ids, data, truth)
@@ -330,6 +334,8 @@ def test_mock_and_pixelise_stage(test_config, tmp_path, mock_format):
             assert h["NREAD"] == h["NUSED"] + rejected  # exact reconciliation in the header
             assert h["REJOUT"] == 0  # the mock only fills the patches it was made for
             assert h["TRUTH"] == str(kappa_path)
+            # the DES-Y3 layout is read with the DES reader (the FITS copy is not)
+            assert h["CATALOG"] == files.get("metacal", outputs["fits"])
             shapes = {hdu.name: hdu.data.shape for hdu in hdul[1:]}
             assert shapes == {k: (4, 16, 16) for k in ("G1", "G2", "SIGMA", "MASK", "NGAL")}
             assert hdul["G1"].header["CDELT1"] < 0 and hdul["G1"].header["CTYPE1"] == "RA---TAN"
@@ -341,7 +347,7 @@ def test_mock_and_pixelise_stage(test_config, tmp_path, mock_format):
             assert hdul["KAPPA"].data.shape == (4, 16, 16)
     # the occupancy footprint of the same catalogue covers the patches it was made for
     out = res / "catalogue" / "footprint.fits"
-    stage.catalogue_footprint(config, stage.catalogue_files(config), out)
+    stage.catalogue_footprint(config, files, out)
     occ = hp.read_map(out)
     assert occ.sum() == n_mock - h["REJNAN"] - h["REJBIN"] - h["REJWGT"] - h["REJELL"]
 

@@ -9,8 +9,8 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from kappadiff import catalogue_io as io
 from kappadiff import products
+from kappadiff.catalogue import io
 from kappadiff.diffusion.data import open_cutouts
 from kappadiff.stages.baselines import read_cutouts
 

@@ -22,10 +22,10 @@ import yaml
 from astropy.io import fits
 
 from kappadiff.catalogue import (
-    Calibration,
     GalaxyChunk,
     PatchGrid,
     ShapeNoiseMock,
+    ShearCalibration,
     pixelise_catalogue,
 )
 from kappadiff.products import ProductError, check_same_catalogue
@@ -110,9 +110,7 @@ def test_desy3_data_patches_use_the_scaling_tuned_on_their_mocks(desy3_run):
     results = desy3_run
     scaling = results / "validation" / "scaling.fits"
     table = fits.getdata(scaling, 1)
-    identity = check_same_catalogue(
-        [scaling, *sorted((results / "mocks" / "data").glob("*.fits"))]
-    )
+    identity = check_same_catalogue([scaling, *sorted((results / "mocks" / "data").glob("*.fits"))])
     for post in sorted((results / "posterior").glob("patch_*.fits")):
         h = header(post)
         assert h["SCALED"]
@@ -240,7 +238,7 @@ def test_shape_noise_mock_pixelises_with_the_data_mask_in_any_number_of_passes(r
     gives the same maps as one pass, so the angles do not depend on the pass."""
     chunks = _flat_chunks(rng, 5000, 4)
     grid = PatchGrid(np.array([0.0, 0.3]), np.array([0.0, 0.1]), 8, 6.0)
-    common = dict(e_max=1.0, calibration=Calibration.identity(2))
+    common = dict(e_max=1.0, calibration=ShearCalibration.identity(2))
     data = {k: maps for k, maps, _ in pixelise_catalogue(lambda: chunks, grid, 2, **common)}
     model = _constant_shear_model(seed=9)
     one = {

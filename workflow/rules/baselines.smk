@@ -40,9 +40,9 @@ if config["lensing"]["wiener_signal_power"] == MEASURED:
 rule baseline_ks:
     """Kaiser-Squires E and B maps of one data patch (masked pixels zero-filled)."""
     input:
-        data=f"{RESULTS}/data/patch_{{patch}}.fits",
+        data=patch_file(f"{RESULTS}/data", "{patch}"),
     output:
-        f"{RESULTS}/baselines/ks/patch_{{patch}}.fits",
+        patch_file(f"{RESULTS}/baselines/ks", "{patch}"),
     log:
         f"{RESULTS}/logs/baseline_ks/patch_{{patch}}.log",
     benchmark:
@@ -62,10 +62,10 @@ rule baseline_ks:
 rule baseline_wiener:
     """Wiener filter of one data patch, per bin, by preconditioned conjugate gradients."""
     input:
-        data=f"{RESULTS}/data/patch_{{patch}}.fits",
+        data=patch_file(f"{RESULTS}/data", "{patch}"),
         power=signal_power_path(config),
     output:
-        f"{RESULTS}/baselines/wiener/patch_{{patch}}.fits",
+        patch_file(f"{RESULTS}/baselines/wiener", "{patch}"),
     log:
         f"{RESULTS}/logs/baseline_wiener/patch_{{patch}}.log",
     benchmark:
@@ -86,10 +86,10 @@ rule baseline_wiener:
 rule baseline_wiener_tomo:
     """Tomographic Wiener filter of one data patch: all bins at once, with cross-spectra."""
     input:
-        data=f"{RESULTS}/data/patch_{{patch}}.fits",
+        data=patch_file(f"{RESULTS}/data", "{patch}"),
         power=signal_power_path(config),
     output:
-        f"{RESULTS}/baselines/wiener_tomo/patch_{{patch}}.fits",
+        patch_file(f"{RESULTS}/baselines/wiener_tomo", "{patch}"),
     log:
         f"{RESULTS}/logs/baseline_wiener_tomo/patch_{{patch}}.log",
     benchmark:
@@ -110,9 +110,9 @@ rule baseline_wiener_tomo:
 # The same baselines of the validation mocks (results/mocks/data), for the statistics.
 use rule baseline_ks as baseline_ks_mock with:
     input:
-        data=f"{RESULTS}/mocks/data/patch_{{patch}}.fits",
+        data=patch_file(f"{RESULTS}/mocks/data", "{patch}"),
     output:
-        f"{RESULTS}/mocks/baselines/ks/patch_{{patch}}.fits",
+        patch_file(f"{RESULTS}/mocks/baselines/ks", "{patch}"),
     log:
         f"{RESULTS}/logs/baseline_ks_mock/patch_{{patch}}.log",
     benchmark:
@@ -121,10 +121,10 @@ use rule baseline_ks as baseline_ks_mock with:
 
 use rule baseline_wiener as baseline_wiener_mock with:
     input:
-        data=f"{RESULTS}/mocks/data/patch_{{patch}}.fits",
+        data=patch_file(f"{RESULTS}/mocks/data", "{patch}"),
         power=signal_power_path(config),
     output:
-        f"{RESULTS}/mocks/baselines/wiener/patch_{{patch}}.fits",
+        patch_file(f"{RESULTS}/mocks/baselines/wiener", "{patch}"),
     log:
         f"{RESULTS}/logs/baseline_wiener_mock/patch_{{patch}}.log",
     benchmark:
@@ -133,10 +133,10 @@ use rule baseline_wiener as baseline_wiener_mock with:
 
 use rule baseline_wiener_tomo as baseline_wiener_tomo_mock with:
     input:
-        data=f"{RESULTS}/mocks/data/patch_{{patch}}.fits",
+        data=patch_file(f"{RESULTS}/mocks/data", "{patch}"),
         power=signal_power_path(config),
     output:
-        f"{RESULTS}/mocks/baselines/wiener_tomo/patch_{{patch}}.fits",
+        patch_file(f"{RESULTS}/mocks/baselines/wiener_tomo", "{patch}"),
     log:
         f"{RESULTS}/logs/baseline_wiener_tomo_mock/patch_{{patch}}.log",
     benchmark:
@@ -147,10 +147,7 @@ rule baseline_mosaic:
     """HEALPix mosaic of one baseline's KAPPA maps over all data patches."""
     input:
         # {method} stays a wildcard of the input pattern
-        patches=[
-            f"{RESULTS}/baselines/{{method}}/patch_{i:04d}.fits"
-            for i in data_patch_ids()
-        ],
+        patches=patch_files(f"{RESULTS}/baselines/{{method}}", data_patch_ids()),
     output:
         maps=[f"{RESULTS}/mosaic/{{method}}_kappa.fits"],
         coverage=f"{RESULTS}/mosaic/{{method}}_coverage.fits",
@@ -173,11 +170,9 @@ rule baseline_mosaic:
 
 ALL_TARGETS.extend(
     [
-        *[
-            f"{RESULTS}/baselines/{method}/patch_{i:04d}.fits"
-            for method in ("ks", "wiener", "wiener_tomo")
-            for i in data_patch_ids()
-        ],
+        *patch_files(f"{RESULTS}/baselines/ks", data_patch_ids()),
+        *patch_files(f"{RESULTS}/baselines/wiener", data_patch_ids()),
+        *patch_files(f"{RESULTS}/baselines/wiener_tomo", data_patch_ids()),
         f"{RESULTS}/mosaic/ks_kappa.fits",
         f"{RESULTS}/mosaic/wiener_kappa.fits",
         f"{RESULTS}/mosaic/wiener_tomo_kappa.fits",

@@ -7,22 +7,26 @@ from kappadiff.stages import catalogue as catalogue_stage
 
 # The data stream: the configured catalogue's patches (with their true convergence when the
 # catalogue is the mock) and the sky a mock catalogue is made from (none for real data).
-DATA_PATCH_FILES = catalogue_stage.data_patch_files(config, data_patch_ids())
-TRUTH_PATCH_FILES = catalogue_stage.truth_patch_files(config, data_patch_ids())
-MOCK_KAPPA_FILES = catalogue_stage.mock_kappa_files(config)
+DATA_PATCH_FILES = patch_files(f"{RESULTS}/data", data_patch_ids())
+TRUTH_PATCH_FILES = (
+    patch_files(f"{RESULTS}/truth", data_patch_ids())
+    if config["catalogue"]["source"] == "mock"
+    else []
+)
+MOCK_KAPPA_FILES = mock_kappa_files()
 # The validation stream: mocks with known truth on validation.patches, always from the
 # held-out sky; for a real catalogue made of its own galaxies (positions, weights, mask).
-MOCK_DATA_FILES = catalogue_stage.mock_data_files(config, validation_patch_ids())
-MOCK_TRUTH_FILES = catalogue_stage.mock_truth_files(config, validation_patch_ids())
+MOCK_DATA_FILES = patch_files(f"{RESULTS}/mocks/data", validation_patch_ids())
+MOCK_TRUTH_FILES = patch_files(f"{RESULTS}/mocks/truth", validation_patch_ids())
 
 
 rule mock_catalogue:
     """Mock DES-Y3 catalogue of the data patches from the held-out simulated sky."""
     input:
-        kappa=f"{RESULTS}/sims/sim{config['sims']['mock_sim']:03d}/kappa.fits",
+        kappa=held_out_kappa_file(),
         layout=f"{RESULTS}/layout/footprint.fits",
     output:
-        **catalogue_stage.mock_catalogue_files(config),
+        **mock_catalogue_files(),
     log:
         f"{RESULTS}/logs/mock_catalogue.log",
     benchmark:
@@ -43,7 +47,7 @@ rule mock_catalogue:
 rule pixelise:
     """Per-pixel mean shear, noise, mask and counts of every data patch (and a mock's truth)."""
     input:
-        **catalogue_stage.catalogue_files(config),
+        **catalogue_files(),
         layout=f"{RESULTS}/layout/footprint.fits",
         kappa=MOCK_KAPPA_FILES,
     output:
@@ -69,9 +73,9 @@ rule pixelise:
 rule pixelise_mocks:
     """Validation mocks with known truth, pixelised like the data, on validation.patches."""
     input:
-        **catalogue_stage.catalogue_files(config),
+        **catalogue_files(),
         layout=f"{RESULTS}/layout/footprint.fits",
-        kappa=catalogue_stage.held_out_kappa_file(config),
+        kappa=held_out_kappa_file(),
     output:
         data=MOCK_DATA_FILES,
         truth=MOCK_TRUTH_FILES,
@@ -96,7 +100,7 @@ rule pixelise_mocks:
 rule catalogue_footprint:
     """HEALPix occupancy footprint of the catalogue, for layout.footprint on real data."""
     input:
-        **catalogue_stage.catalogue_files(config),
+        **catalogue_files(),
     output:
         f"{RESULTS}/catalogue/footprint.fits",
     log:

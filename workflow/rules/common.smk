@@ -60,6 +60,63 @@ def sim_name(i):
     return f"sim{int(i):03d}"
 
 
+# Result paths: the rules name every product; the stage functions receive the paths from
+# the rules' input and output.
+
+
+def patch_id(i):
+    """Zero-padded id of patch i, the form the {patch} wildcard matches (0123)."""
+    return f"{int(i):04d}"
+
+
+def patch_file(folder, patch):
+    """The product of one patch in folder: patch is an id, a zero-padded id or a wildcard
+    such as "{patch}"."""
+    name = patch if isinstance(patch, str) else patch_id(patch)
+    return f"{folder}/patch_{name}.fits"
+
+
+def patch_files(folder, patches):
+    """The products of the given patches (ids or zero-padded ids) in folder."""
+    return [patch_file(folder, p) for p in patches]
+
+
+def held_out_kappa_file():
+    """The held-out sky's convergence (sims.mock_sim), the truth of every mock."""
+    return f"{RESULTS}/sims/{sim_name(config['sims']['mock_sim'])}/kappa.fits"
+
+
+# the three files of a DES-Y3 catalogue, by role (the keys the catalogue stage reads)
+DESY3_ROLES = ("metacal", "index", "sompz")
+
+
+def mock_catalogue_files():
+    """Files the mock catalogue is written to: fits, plus the DES-Y3 HDF5 triple if asked."""
+    files = {"fits": f"{RESULTS}/catalogue/mock.fits"}
+    if config["catalogue"]["mock_format"] == "desy3":
+        files.update({k: f"{RESULTS}/catalogue/mock_{k}.h5" for k in DESY3_ROLES})
+    return files
+
+
+def catalogue_files():
+    """The files of the configured catalogue, by role (fits, or metacal/index/sompz)."""
+    cat = config["catalogue"]
+    if cat["source"] == "mock":
+        files = mock_catalogue_files()
+        if cat["mock_format"] == "desy3":
+            return {k: files[k] for k in DESY3_ROLES}
+        return {"fits": files["fits"]}
+    if cat["source"] == "desy3":
+        return {k: cat["desy3"][k] for k in DESY3_ROLES}
+    return {"fits": cat["fits"]["path"]}
+
+
+def mock_kappa_files():
+    """The sky the data catalogue was made from: the held-out sky for the mock catalogue,
+    none for real data."""
+    return [held_out_kappa_file()] if config["catalogue"]["source"] == "mock" else []
+
+
 def training_cutouts():
     """Cut-out files of the training skies (config sims.train_sims)."""
     return [

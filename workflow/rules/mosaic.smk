@@ -7,7 +7,7 @@ from kappadiff.stages.mosaic import mosaic_memory_mb
 rule mosaic:
     """Posterior mean and std of every patch onto HEALPix, each pixel from one owning patch."""
     input:
-        patches=[f"{RESULTS}/posterior/patch_{i:04d}.fits" for i in data_patch_ids()],
+        patches=patch_files(f"{RESULTS}/posterior", data_patch_ids()),
     output:
         maps=[
             f"{RESULTS}/mosaic/kappa_mean.fits",

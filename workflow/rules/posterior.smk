@@ -5,7 +5,7 @@ from kappadiff.stages import posterior as posterior_stage
 rule sample_patch:
     """DPS posterior samples of one data patch: MEAN, STD, SAMPLES, chi2/dof, drift."""
     input:
-        data=f"{RESULTS}/data/patch_{{patch}}.fits",
+        data=patch_file(f"{RESULTS}/data", "{patch}"),
         model=f"{RESULTS}/prior/model.pt",
         # A(t) tuned on mocks by the validation stage, when sampling.tuned_scaling asks
         scaling=(
@@ -14,7 +14,7 @@ rule sample_patch:
             else []
         ),
     output:
-        f"{RESULTS}/posterior/patch_{{patch}}.fits",
+        patch_file(f"{RESULTS}/posterior", "{patch}"),
     log:
         f"{RESULTS}/logs/sample_patch/patch_{{patch}}.log",
     benchmark:
@@ -33,6 +33,4 @@ rule sample_patch:
         "../../scripts/sample_patch.py"
 
 
-ALL_TARGETS.extend(
-    [f"{RESULTS}/posterior/patch_{i:04d}.fits" for i in data_patch_ids()]
-)
+ALL_TARGETS.extend(patch_files(f"{RESULTS}/posterior", data_patch_ids()))

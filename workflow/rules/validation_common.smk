@@ -14,13 +14,13 @@ wildcard_constraints:
 
 def mock_patch_ids():
     """Patch ids of the validation mocks (checked against the layout), zero-padded."""
-    return [f"{i:04d}" for i in validation_patch_ids()]
+    return [patch_id(i) for i in validation_patch_ids()]
 
 
 def search_patch_ids():
     """Mock patch ids of the scaling search (validation.search_patches, or all)."""
     v = config["validation"]
-    return [f"{i:04d}" for i in (v["search_patches"] or v["patches"])]
+    return [patch_id(i) for i in (v["search_patches"] or v["patches"])]
 
 
 def candidate_runs():
@@ -46,10 +46,10 @@ def checked_run(wildcards):
 
 def run_files(run, patches=None):
     """Posterior products of one run on the given mock patches (default: the search's)."""
-    return [
-        f"{VALIDATION}/runs/{run}/patch_{p}.fits"
-        for p in (search_patch_ids() if patches is None else patches)
-    ]
+    return patch_files(
+        f"{VALIDATION}/runs/{run}",
+        search_patch_ids() if patches is None else patches,
+    )
 
 
 def run_file_map(runs):
@@ -65,7 +65,7 @@ def tuned_run_inputs(wildcards):
     return {
         "scaling": f"{VALIDATION}/scaling.fits",
         "candidates": [
-            f"{VALIDATION}/runs/{run}/patch_{wildcards.patch}.fits"
+            patch_file(f"{VALIDATION}/runs/{run}", wildcards.patch)
             for run in (candidate_runs() if searched else ())
         ],
     }
@@ -73,23 +73,21 @@ def tuned_run_inputs(wildcards):
 
 def validation_truth_files(patches=None):
     """True κ of the mock patches (default: the search's)."""
-    return [
-        f"{MOCKS}/truth/patch_{p}.fits"
-        for p in (search_patch_ids() if patches is None else patches)
-    ]
+    return patch_files(
+        f"{MOCKS}/truth", search_patch_ids() if patches is None else patches
+    )
 
 
 def validation_data_files(patches=None):
     """Pixelised mock data (with its MASK) of the mock patches (default: the search's)."""
-    return [
-        f"{MOCKS}/data/patch_{p}.fits"
-        for p in (search_patch_ids() if patches is None else patches)
-    ]
+    return patch_files(
+        f"{MOCKS}/data", search_patch_ids() if patches is None else patches
+    )
 
 
 def validation_baseline_files(method, patches):
     """Baseline maps (ks, wiener, wiener_tomo) of the mock patches."""
-    return [f"{MOCKS}/baselines/{method}/patch_{p}.fits" for p in patches]
+    return patch_files(f"{MOCKS}/baselines/{method}", patches)
 
 
 def validation_params():
@@ -118,7 +116,7 @@ def figure_patch_id():
     if p is None:
         patches = config["sampling"]["patches"]
         p = patches[0] if isinstance(patches, list) else 0
-    return f"{int(p):04d}"
+    return patch_id(p)
 
 
 def cluster_source():
@@ -127,5 +125,5 @@ def cluster_source():
     if config["validation"]["clusters"]:
         return [config["validation"]["clusters"]]
     if config["catalogue"]["source"] == "mock":
-        return [f"{RESULTS}/truth/patch_{figure_patch_id()}.fits"]
+        return [patch_file(f"{RESULTS}/truth", figure_patch_id())]
     return []

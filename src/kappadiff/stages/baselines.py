@@ -24,7 +24,7 @@ import numpy as np
 from astropy.io import fits
 
 from .. import lensing, stats
-from ..catalogue_io import read_data_patch
+from ..catalogue.io import read_data_patch
 from ..products import (
     ProductError,
     catalogue_identity,

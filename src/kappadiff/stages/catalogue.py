@@ -3,8 +3,8 @@
 Two streams leave this stage and are never mixed:
 
 - the *data*: ``pixelise`` reads the configured catalogue (mock, DES-Y3 HDF5 or FITS with a
-  column map) once per patch group and writes ``results/data/patch_{id:04d}.fits`` (and,
-  for a mock catalogue, its true convergence ``results/truth/patch_{id:04d}.fits``);
+  column map) once per patch group and writes the data patches (``results/data/``) and,
+  for a mock catalogue, their true convergence (``results/truth/``);
 - the *validation mocks*: ``pixelise_mocks`` writes ``results/mocks/data/`` and
   ``results/mocks/truth/`` on the validation patches, always from the held-out simulated
   sky. For a real catalogue each mock keeps the real galaxies (positions, weights, bins,
@@ -16,15 +16,17 @@ Both carry the catalogue's identity (``SOURCE``, ``CATALOG`` and ``CATHASH``, a 
 columns), which the rules that combine products check (:func:`kappadiff.products.
 check_same_catalogue`). ``mock_catalogue`` draws the DES-Y3-like mock catalogue from the
 held-out sky; ``catalogue_footprint`` makes a HEALPix occupancy mask from a catalogue.
+
+The rules name every file (workflow/rules/common.smk); the functions here take the paths
+of their inputs and outputs as given.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import healpy as hp
@@ -33,23 +35,21 @@ import numpy as np
 from .. import footprint, sims, sphere
 from ..catalogue import (
     Accounting,
-    Calibration,
     CatalogueError,
     GalaxyChunk,
+    HashedChunks,
     PatchGrid,
     ShapeModel,
     ShapeNoiseMock,
-    calibration_from_sums,
+    ShearCalibration,
     catalogue_extent,
-    mock_positions,
-    mock_shapes,
+    mock_catalogue,
     occupancy_mask,
-    patch_lookup,
     pixelise_catalogue,
     quality_cut_chunks,
-    shear_at_positions,
+    shear_calibration_from_sums,
 )
-from ..catalogue_io import (
+from ..catalogue.io import (
     DESY3Files,
     desy3_response_sums,
     fits_response_sums,
@@ -69,20 +69,12 @@ from ..products import (
     write_fits,
     write_healpix,
 )
-from ..seeding import derive_seed, rng_for
+from ..seeding import derive_seed
 from ..survey import DESY3_N_BINS
 
 __all__ = [
-    "catalogue_files",
     "catalogue_footprint",
-    "data_patch_files",
-    "held_out_kappa_file",
-    "mock_data_files",
-    "mock_kappa_files",
-    "mock_truth_files",
-    "truth_patch_files",
     "make_mock_catalogue",
-    "mock_catalogue_files",
     "mock_memory_mb",
     "mock_pixelise_memory_mb",
     "pixelise",
@@ -98,67 +90,6 @@ _DESY3_KEYS = ("metacal", "index", "sompz")
 #: spherical-harmonic transforms: the mock catalogue's peak RSS was 4.0 GB at nside 2048
 #: (config/desy3_smoke.yaml), 840 nside^2 above the interpreter's 0.5 GB.
 SHEAR_MAP_BYTES = 850
-
-
-def mock_catalogue_files(config: Mapping[str, Any]) -> dict[str, str]:
-    """Files the mock catalogue is written to: ``fits``, plus the DES HDF5 triple if asked."""
-    base = os.path.join(config["results"], "catalogue")
-    files = {"fits": os.path.join(base, "mock.fits")}
-    if config["catalogue"]["mock_format"] == "desy3":
-        files.update({k: os.path.join(base, f"mock_{k}.h5") for k in _DESY3_KEYS})
-    return files
-
-
-def _patch_files(config: Mapping[str, Any], folder: str, patch_ids: Sequence[int]) -> list[str]:
-    return [os.path.join(config["results"], folder, f"patch_{i:04d}.fits") for i in patch_ids]
-
-
-def data_patch_files(config: Mapping[str, Any], patch_ids: Sequence[int]) -> list[str]:
-    """Pixelised shear maps of the data patches, ``results/data/patch_{id:04d}.fits``."""
-    return _patch_files(config, "data", patch_ids)
-
-
-def truth_patch_files(config: Mapping[str, Any], patch_ids: Sequence[int]) -> list[str]:
-    """True convergence of the data patches (a mock catalogue only; empty for real data)."""
-    if config["catalogue"]["source"] != "mock":
-        return []
-    return _patch_files(config, "truth", patch_ids)
-
-
-def mock_data_files(config: Mapping[str, Any], patch_ids: Sequence[int]) -> list[str]:
-    """Pixelised validation mocks, ``results/mocks/data/patch_{id:04d}.fits``."""
-    return _patch_files(config, os.path.join("mocks", "data"), patch_ids)
-
-
-def mock_truth_files(config: Mapping[str, Any], patch_ids: Sequence[int]) -> list[str]:
-    """True convergence of the validation mocks, ``results/mocks/truth/patch_{id:04d}.fits``."""
-    return _patch_files(config, os.path.join("mocks", "truth"), patch_ids)
-
-
-def held_out_kappa_file(config: Mapping[str, Any]) -> str:
-    """The held-out sky's convergence (``sims.mock_sim``), the truth of every mock."""
-    sim = f"sim{config['sims']['mock_sim']:03d}"
-    return os.path.join(config["results"], "sims", sim, "kappa.fits")
-
-
-def mock_kappa_files(config: Mapping[str, Any]) -> list[str]:
-    """The sky the data catalogue was made from: the held-out sky on mocks, none for real data."""
-    if config["catalogue"]["source"] != "mock":
-        return []
-    return [held_out_kappa_file(config)]
-
-
-def catalogue_files(config: Mapping[str, Any]) -> dict[str, str]:
-    """The catalogue files ``pixelise`` reads, by role (``fits`` or ``metacal/index/sompz``)."""
-    cat = config["catalogue"]
-    if cat["source"] == "mock":
-        files = mock_catalogue_files(config)
-        if cat["mock_format"] == "desy3":
-            return {k: files[k] for k in _DESY3_KEYS}
-        return {"fits": files["fits"]}
-    if cat["source"] == "desy3":
-        return {k: cat["desy3"][k] for k in _DESY3_KEYS}
-    return {"fits": cat["fits"]["path"]}
 
 
 def mock_memory_mb(config: Mapping[str, Any]) -> int:
@@ -256,12 +187,12 @@ def make_mock_catalogue(
     Galaxies are Poisson distributed at ``catalogue.n_eff`` per bin over the union of the
     patches ``patch_ids`` inside the footprint, sheared by the sky's convergence (healpy
     spin-2 shear at each galaxy, DES sign, optionally reduced) plus Gaussian shape noise
-    ``catalogue.sigma_e``. Bins are drawn one after the other, so only one bin's shear maps
-    are held in memory. Written to ``outputs['fits']`` and, with
+    ``catalogue.sigma_e`` (:func:`kappadiff.catalogue.mock_catalogue`). Bins are drawn one
+    after the other, so only one bin's shear maps are held in memory. Written to
+    ``outputs['fits']`` and, with
     ``catalogue.mock_format: desy3``, ``outputs['metacal'|'index'|'sompz']`` (unit response,
     no selection response).
     """
-    cat = config["catalogue"]
     grid_all, _ = _grid(config, layout_path)
     ids = np.asarray(sorted(set(int(i) for i in patch_ids)), dtype=np.int64)
     if ids.size == 0 or ids.max() >= len(grid_all):
@@ -270,67 +201,64 @@ def make_mock_catalogue(
             f"layout {layout_path}"
         )
     grid = grid_all.subset(ids)
-    lookup = patch_lookup(grid)
     mask = _footprint(config)
     kappa, kheader = read_healpix(kappa_path)
     if len(kappa) != DESY3_N_BINS:
         raise ProductError(f"{kappa_path}: {len(kappa)} convergence maps, expected {DESY3_N_BINS}")
     check_values(kappa_path, "HEALPIX", kappa)
-    n_eff = np.asarray(cat["n_eff"], dtype=np.float64)
-    sigma_e = np.asarray(cat["sigma_e"], dtype=np.float64)
-    seed = config["seed"]
-
-    def chunks() -> Iterator[dict[str, np.ndarray]]:
-        for b in range(DESY3_N_BINS):
-            g1map, g2map = sims.shear_from_kappa(kappa[b])
-            for k, pid in enumerate(ids):
-                rng = rng_for(seed, "mock_catalogue", int(pid), b)
-                ra, dec = mock_positions(rng, grid, k, n_eff[b], lookup, mask)
-                bins = np.full(ra.size, b, dtype=np.int64)
-                maps = (g1map[None], g2map[None], kappa[b][None] if cat["reduced_shear"] else None)
-                g1, g2 = shear_at_positions(ra, dec, np.zeros_like(bins), *maps)
-                e1, e2 = mock_shapes(rng, g1, g2, bins, sigma_e)
-                log.info("bin %d, patch %d: %d galaxies", b + 1, pid, ra.size)
-                yield {
-                    "ra": ra,
-                    "dec": dec,
-                    "e1": e1,
-                    "e2": e2,
-                    "weight": np.ones(ra.size),
-                    "bin": bins,
-                }
-            del g1map, g2map
-
-    header = provenance(
-        config,
-        seed=derive_seed(seed, "mock_catalogue"),
-        TRUTH=os.fspath(kappa_path),
-        TRUTHCFG=str(kheader.get("CFGHASH", "")),
-        REDSHEAR=bool(cat["reduced_shear"]),
-        NPATCH=len(ids),
-        **{f"NEFF{b + 1}": float(n_eff[b]) for b in range(DESY3_N_BINS)},
-        **{f"SIGE{b + 1}": float(sigma_e[b]) for b in range(DESY3_N_BINS)},
+    cat = config["catalogue"]
+    galaxies = mock_catalogue(
+        kappa, grid, ids, cat["n_eff"], cat["sigma_e"], config["seed"], mask, cat["reduced_shear"]
     )
-    if "metacal" not in outputs:
-        n = write_fits_catalogue(outputs["fits"], chunks(), header)
-    else:
-        # small sizes only: the DES HDF5 layout is written from memory
-        parts = list(chunks())
-        columns = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        n = write_fits_catalogue(outputs["fits"], [columns], header)
-        write_desy3_catalogue(
-            DESY3Files(outputs["metacal"], outputs["index"], outputs["sompz"]),
-            columns,
-            header={k: str(v) for k, v in header.items()},
-        )
-    area = grid.npix * grid.pixel_scale_arcmin
+    header = _mock_header(config, kappa_path, kheader, len(ids))
+    n = _write_mock_catalogue(outputs, galaxies, header)
     log.info(
         "mock catalogue: %d galaxies over %d patches of %.0f arcmin (%.2f / arcmin^2 total)",
         n,
         len(ids),
-        area,
-        n_eff.sum(),
+        grid.npix * grid.pixel_scale_arcmin,
+        sum(cat["n_eff"]),
     )
+
+
+def _mock_header(
+    config: Mapping[str, Any],
+    kappa_path: str | os.PathLike,
+    kheader: Mapping[str, Any],
+    n_patch: int,
+) -> dict[str, Any]:
+    """Provenance of the mock catalogue: its sky, density and shape noise per bin."""
+    cat = config["catalogue"]
+    return provenance(
+        config,
+        seed=derive_seed(config["seed"], "mock_catalogue"),
+        TRUTH=os.fspath(kappa_path),
+        TRUTHCFG=str(kheader.get("CFGHASH", "")),
+        REDSHEAR=bool(cat["reduced_shear"]),
+        NPATCH=n_patch,
+        **{f"NEFF{b + 1}": float(cat["n_eff"][b]) for b in range(DESY3_N_BINS)},
+        **{f"SIGE{b + 1}": float(cat["sigma_e"][b]) for b in range(DESY3_N_BINS)},
+    )
+
+
+def _write_mock_catalogue(
+    outputs: Mapping[str, str],
+    galaxies: Iterable[Mapping[str, np.ndarray]],
+    header: Mapping[str, Any],
+) -> int:
+    """Write the galaxies to ``outputs['fits']`` (and the DES-Y3 triple if asked): their number."""
+    if "metacal" not in outputs:
+        return write_fits_catalogue(outputs["fits"], galaxies, header)
+    # small sizes only: the DES HDF5 layout is written from memory
+    parts = list(galaxies)
+    columns = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    n = write_fits_catalogue(outputs["fits"], [columns], header)
+    write_desy3_catalogue(
+        DESY3Files(outputs["metacal"], outputs["index"], outputs["sompz"]),
+        columns,
+        header={k: str(v) for k, v in header.items()},
+    )
+    return n
 
 
 # --------------------------------------------------------------------------- pixelise
@@ -358,7 +286,7 @@ def _calibration(
     inputs: Mapping[str, str],
     chunks: Callable[[], Iterable[GalaxyChunk]],
     where: str,
-) -> Calibration:
+) -> ShearCalibration:
     """Per-bin calibration: metacal response (DES-Y3), mean response column (FITS), or none."""
     cat = config["catalogue"]
     n_bins, e_max, m = DESY3_N_BINS, cat["e_max"], cat["m_bias"]
@@ -366,12 +294,12 @@ def _calibration(
         files = DESY3Files(inputs["metacal"], inputs["index"], inputs["sompz"])
         log.info("DES-Y3 catalogue %s: measuring the shear response", files)
         sums = desy3_response_sums(files, n_bins, e_max, cat["chunk_size"])
-        return calibration_from_sums(sums, m, cat["subtract_mean_shear"], where)
+        return shear_calibration_from_sums(sums, m, cat["subtract_mean_shear"], where)
     has_response = cat["source"] == "fits" and bool(cat["fits"]["columns"].get("response"))
     if cat["subtract_mean_shear"] or has_response:
         sums = fits_response_sums(chunks(), n_bins, e_max, where)
-        return calibration_from_sums(sums, m, cat["subtract_mean_shear"], where)
-    return Calibration.identity(n_bins, m)
+        return shear_calibration_from_sums(sums, m, cat["subtract_mean_shear"], where)
+    return ShearCalibration.identity(n_bins, m)
 
 
 def _centres(grid: PatchGrid, ids: np.ndarray, wanted: Sequence[int], most: int = 5) -> str:
@@ -452,28 +380,6 @@ def _check_duplicates(acct: Accounting, policy: str, where: str) -> None:
     log.warning("%s: each is used as often as it appears (header card NDUP)", message)
 
 
-class _HashedChunks:
-    """The catalogue's chunks, hashing their columns on the first pass (``digest``).
-
-    The hash (BLAKE2b of ra, dec, e1, e2, weight and bin in file order) identifies the
-    catalogue's content at no extra read: the pixelisation reads every chunk anyway.
-    """
-
-    def __init__(self, chunks: Callable[[], Iterable[GalaxyChunk]]) -> None:
-        self.chunks = chunks
-        self.digest: str | None = None
-
-    def __call__(self) -> Iterator[GalaxyChunk]:
-        h = hashlib.blake2b(digest_size=8) if self.digest is None else None
-        for chunk in self.chunks():
-            if h is not None:
-                for column in (chunk.ra, chunk.dec, chunk.e1, chunk.e2, chunk.weight, chunk.bin):
-                    h.update(np.ascontiguousarray(column))
-            yield chunk
-        if h is not None:
-            self.digest = h.hexdigest()
-
-
 def _truth_maps(config: Mapping[str, Any], kappa: np.ndarray, grid: PatchGrid) -> np.ndarray:
     """The convergence maps cut out on the patch grids, [patch, bin, row, col]."""
     nside = hp.npix2nside(kappa.shape[-1])
@@ -507,43 +413,107 @@ def _pixelise_patches(
         galaxy falls in any patch it is raised before any patch is written. Also duplicate
         rows with ``catalogue.duplicates: error``, and the catalogue's own errors.
     """
-    cat = config["catalogue"]
     if len(patch_ids) != len(data_paths):
         raise ValueError(f"pixelise: {len(patch_ids)} patch ids for {len(data_paths)} outputs")
     layout_path = _single(inputs["layout"])
     kappa_path = _single(inputs.get("kappa"))
     inputs = {k: _single(inputs[k]) for k in (*_DESY3_KEYS, "fits") if _single(inputs.get(k))}
+    ids, grid = _patch_grid(config, layout_path, patch_ids)
+    raw, where = _chunk_source(config, inputs)
+    chunks = HashedChunks(raw)
+    cal = _calibration(config, inputs, chunks, where)
+    log.info("calibration: %s", cal.header())
+    observed = _observed(config, grid)
+    truth = model = None
+    if truth_paths or shapes is not None:
+        truth, model = _sky_products(config, kappa_path, grid, truth_paths, shapes)
+    common = _stream_header(config, stream, where, cal, kappa_path, model)
+    cat = config["catalogue"]
+    patches = pixelise_catalogue(
+        chunks,
+        grid,
+        DESY3_N_BINS,
+        e_max=cat["e_max"],
+        calibration=cal,
+        noise=cat["noise"],
+        sigma_e=cat["sigma_e"],
+        observed=observed,
+        memory_mb=cat["memory_mb"],
+        where=os.fspath(where),
+        shapes=model,
+    )
+    masked_fp = 0
+    empty: dict[int, int] = {}  # patch id -> galaxies in it, of patches with no observed pixel
+    for k, maps, acct in patches:
+        if k == 0:
+            common["CATHASH"] = chunks.digest
+            _check_catalogue(config, acct, chunks, grid, ids, where)
+        pid = int(ids[k])
+        masked_fp += _outside_footprint(maps)
+        if maps["MASK"].sum() == 0:
+            # not written: a patch with nothing observed would give kappa = 0 downstream
+            empty[pid] = int(maps["NGAL"].sum())
+            continue
+        patch_truth = None if truth is None else (truth_paths[k], truth[k])
+        _write_patch(config, grid, k, pid, maps, acct, common, data_paths[k], patch_truth)
+    log.info("pixels with galaxies masked as outside the footprint: %d", masked_fp)
+    if empty:
+        raise CatalogueError(_empty_patches_message(empty, chunks, grid, ids, where))
+
+
+def _patch_grid(
+    config: Mapping[str, Any], layout_path: str, patch_ids: Sequence[int]
+) -> tuple[np.ndarray, PatchGrid]:
+    """The ids (int64) of the patches to pixelise and their grid, from the layout table."""
     grid_all, _ = _grid(config, layout_path)
     ids = np.asarray([int(i) for i in patch_ids], dtype=np.int64)
     if ids.size and ids.max() >= len(grid_all):
         raise ValueError(f"pixelise: patch ids beyond the {len(grid_all)}-patch {layout_path}")
-    grid = grid_all.subset(ids)
-    raw, where = _chunk_source(config, inputs)
-    chunks = _HashedChunks(raw)
-    cal = _calibration(config, inputs, chunks, where)
-    log.info("calibration: %s", cal.header())
+    return ids, grid_all.subset(ids)
 
+
+def _observed(config: Mapping[str, Any], grid: PatchGrid) -> np.ndarray:
+    """Whether each pixel centre lies inside ``layout.footprint``, [patch, row, col] bool."""
     mask = _footprint(config)
     nside_fp = hp.npix2nside(mask.size)
-    observed = mask[
+    return mask[
         sphere.pixel_table(nside_fp, grid.ra0, grid.dec0, grid.npix, grid.pixel_scale_arcmin)
     ]
-    truth = model = None
-    if truth_paths or shapes is not None:
-        if kappa_path is None or (truth_paths and len(truth_paths) != len(ids)):
-            raise ValueError(
-                "pixelise: truth outputs need the convergence map and one path a patch"
-            )
-        kappa, _ = read_healpix(kappa_path)
-        check_values(kappa_path, "HEALPIX", kappa)
-        if len(kappa) != DESY3_N_BINS:
-            raise ProductError(
-                f"{kappa_path}: {len(kappa)} convergence maps, expected {DESY3_N_BINS}"
-            )
-        truth = _truth_maps(config, kappa, grid) if truth_paths else None
-        model = shapes(kappa) if shapes is not None else None
-        del kappa
 
+
+def _sky_products(
+    config: Mapping[str, Any],
+    kappa_path: str | None,
+    grid: PatchGrid,
+    truth_paths: Sequence[str],
+    shapes: Callable[[np.ndarray], ShapeModel] | None,
+) -> tuple[np.ndarray | None, ShapeModel | None]:
+    """What the sky ``kappa_path`` gives: the truth cut-outs (if ``truth_paths``, one a
+    patch) and the shape model (if ``shapes``)."""
+    if kappa_path is None or (truth_paths and len(truth_paths) != len(grid)):
+        raise ValueError("pixelise: truth outputs need the convergence map and one path a patch")
+    kappa, _ = read_healpix(kappa_path)
+    check_values(kappa_path, "HEALPIX", kappa)
+    if len(kappa) != DESY3_N_BINS:
+        raise ProductError(f"{kappa_path}: {len(kappa)} convergence maps, expected {DESY3_N_BINS}")
+    truth = _truth_maps(config, kappa, grid) if truth_paths else None
+    model = shapes(kappa) if shapes is not None else None
+    return truth, model
+
+
+def _stream_header(
+    config: Mapping[str, Any],
+    stream: str,
+    where: str,
+    cal: ShearCalibration,
+    kappa_path: str | None,
+    model: ShapeModel | None,
+) -> dict[str, Any]:
+    """Header cards of every patch of a stream: its catalogue, noise model and calibration.
+
+    The catalogue's hash (``CATHASH``) joins them once the first pass has read it.
+    """
+    cat = config["catalogue"]
     common = dict(
         STREAM=stream,
         SOURCE=cat["source"],
@@ -556,63 +526,65 @@ def _pixelise_patches(
         common["TRUTH"] = os.fspath(kappa_path)
     if stream == "mock":
         common["MOCKSHAP"] = "rotated" if model is not None else "catalogue"
-    masked_fp = 0
-    empty: dict[int, int] = {}  # patch id -> galaxies in it, of patches with no observed pixel
-    for k, maps, acct in pixelise_catalogue(
-        chunks,
-        grid,
-        DESY3_N_BINS,
-        e_max=cat["e_max"],
-        calibration=cal,
-        noise=cat["noise"],
-        sigma_e=cat["sigma_e"],
-        observed=observed,
-        memory_mb=cat["memory_mb"],
-        where=os.fspath(where),
-        shapes=model,
-    ):
-        if k == 0:
-            log.info("accounting: %s", acct.summary())
-            common["CATHASH"] = chunks.digest
-            if acct.used == 0:
-                raise CatalogueError(_no_data_message(chunks, grid, ids, where))
-            _check_duplicates(acct, cat["duplicates"], os.fspath(where))
-        pid = int(ids[k])
-        n_out = int(((maps["NGAL"] > 0) & (maps["MASK"] == 0)).sum())
-        masked_fp += n_out
-        wcs = tan_header(grid.ra0[k], grid.dec0[k], grid.npix, grid.pixel_scale_arcmin)
-        prim = provenance(
-            config,
-            PATCHID=pid,
-            RA0=float(grid.ra0[k]),
-            DEC0=float(grid.dec0[k]),
-            NGALPAT=int(maps["NGAL"].sum()),
-            NMASKED=int((maps["MASK"] == 0).sum()),
-            NMASKFP=n_out,
-            **acct.header(),
-            **common,
-        )
-        hdus = [
-            image_hdu(name, maps[name], wcs, dtype=maps[name].dtype)
-            for name in ("G1", "G2", "SIGMA", "MASK", "NGAL")
-        ]
-        if maps["MASK"].sum() == 0:
-            # not written: a patch with nothing observed would give kappa = 0 downstream
-            empty[pid] = int(maps["NGAL"].sum())
-            continue
-        write_fits(data_paths[k], hdus, primary_header=prim)
-        if truth is not None:
-            identity = {key: common[key] for key in ("STREAM", "SOURCE", "CATALOG", "CATHASH")}
-            write_fits(
-                truth_paths[k],
-                [image_hdu("KAPPA", truth[k], wcs)],
-                primary_header=provenance(
-                    config, PATCHID=pid, TRUTH=os.fspath(kappa_path), **identity
-                ),
-            )
-    log.info("pixels with galaxies masked as outside the footprint: %d", masked_fp)
-    if empty:
-        raise CatalogueError(_empty_patches_message(empty, chunks, grid, ids, where))
+    return common
+
+
+def _check_catalogue(
+    config: Mapping[str, Any],
+    acct: Accounting,
+    chunks: Callable[[], Iterable[GalaxyChunk]],
+    grid: PatchGrid,
+    ids: np.ndarray,
+    where: str,
+) -> None:
+    """Once the catalogue is read: log its accounting; refuse it if no galaxy falls in any
+    patch, and its duplicate rows under ``catalogue.duplicates: error``."""
+    log.info("accounting: %s", acct.summary())
+    if acct.used == 0:
+        raise CatalogueError(_no_data_message(chunks, grid, ids, where))
+    _check_duplicates(acct, config["catalogue"]["duplicates"], os.fspath(where))
+
+
+def _outside_footprint(maps: Mapping[str, np.ndarray]) -> int:
+    """Pixels (all bins) that hold galaxies but are masked as outside the footprint."""
+    return int(((maps["NGAL"] > 0) & (maps["MASK"] == 0)).sum())
+
+
+def _write_patch(
+    config: Mapping[str, Any],
+    grid: PatchGrid,
+    k: int,
+    pid: int,
+    maps: Mapping[str, np.ndarray],
+    acct: Accounting,
+    common: Mapping[str, Any],
+    data_path: str,
+    truth: tuple[str, np.ndarray] | None,
+) -> None:
+    """Write patch ``k`` of ``grid`` (id ``pid``): its shear maps and, given ``truth`` as
+    ``(path, kappa)``, its true convergence."""
+    wcs = tan_header(grid.ra0[k], grid.dec0[k], grid.npix, grid.pixel_scale_arcmin)
+    prim = provenance(
+        config,
+        PATCHID=pid,
+        RA0=float(grid.ra0[k]),
+        DEC0=float(grid.dec0[k]),
+        NGALPAT=int(maps["NGAL"].sum()),
+        NMASKED=int((maps["MASK"] == 0).sum()),
+        NMASKFP=_outside_footprint(maps),
+        **acct.header(),
+        **common,
+    )
+    hdus = [
+        image_hdu(name, maps[name], wcs, dtype=maps[name].dtype)
+        for name in ("G1", "G2", "SIGMA", "MASK", "NGAL")
+    ]
+    write_fits(data_path, hdus, primary_header=prim)
+    if truth is not None:
+        path, kappa = truth
+        identity = {key: common[key] for key in ("STREAM", "SOURCE", "CATALOG", "CATHASH")}
+        header = provenance(config, PATCHID=pid, TRUTH=common["TRUTH"], **identity)
+        write_fits(path, [image_hdu("KAPPA", kappa, wcs)], primary_header=header)
 
 
 def pixelise(
@@ -629,9 +601,9 @@ def pixelise(
     config
         Validated configuration (``catalogue``, ``layout``, ``seed``).
     inputs
-        Input files by name: the catalogue's (:func:`catalogue_files`), ``layout`` (the
-        footprint layout table) and, for the mock catalogue, ``kappa`` (the sky the mock was
-        made from; a path or a one-element list).
+        Input files by name: the catalogue's (``fits``, or ``metacal``, ``index`` and
+        ``sompz``), ``layout`` (the footprint layout table) and, for the mock catalogue,
+        ``kappa`` (the sky the mock was made from; a path or a one-element list).
     patch_ids, data_paths
         Patches to make and their output files (same order).
     truth_paths
@@ -660,8 +632,8 @@ def pixelise_mocks(
     config
         Validated configuration.
     inputs
-        As :func:`pixelise`, with ``kappa`` the held-out sky (:func:`held_out_kappa_file`)
-        for every source.
+        As :func:`pixelise`, with ``kappa`` the held-out sky (``sims.mock_sim``) for every
+        source.
     patch_ids, data_paths, truth_paths
         Mock patches and their ``results/mocks/data`` and ``results/mocks/truth`` files.
     """

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from astropy.io import fits
 
-from ..catalogue_io import read_data_patch
+from ..catalogue.io import read_data_patch
 from ..config import without_speed_keys
 from ..diffusion.checkpoint import load_prior
 from ..diffusion.dps import TrajectoryDiagnostic, chi2, dps_guidance, shear_data
@@ -101,9 +101,7 @@ def _resume_key(
     ``sampling`` is the section in effect (a tuned scaling already in ``t_bar``/``sigma_t``).
     """
     # the GPU speed switches change no draw either (kappadiff.config.SPEED_KEYS)
-    draws = {
-        k: v for k, v in without_speed_keys(sampling).items() if k not in NOT_IN_RESUME_KEY
-    }
+    draws = {k: v for k, v in without_speed_keys(sampling).items() if k not in NOT_IN_RESUME_KEY}
     key = {"data": data_hash, "model": model_hash, "seed": seed, "patch": patch_id}
     return json.dumps({**key, "sampling": draws}, sort_keys=True, default=str)
 

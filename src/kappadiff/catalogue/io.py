@@ -9,6 +9,8 @@
   with fitsio.
 - The mock catalogue, written as a FITS table (streamed) and, at small sizes, in the DES
   HDF5 layout so that the DES reader runs end to end.
+- The pixelised data patches (:func:`read_data_patch`), read and checked for the stages
+  that reconstruct from them.
 
 Every reader yields :class:`kappadiff.catalogue.GalaxyChunk` of at most ``chunk_size``
 galaxies, so memory does not grow with the catalogue. Errors name the file and the column or
@@ -27,16 +29,9 @@ import h5py
 import numpy as np
 from astropy.io import fits
 
-from .catalogue import (
-    SHEARED_SELECTIONS,
-    BinErrors,
-    CatalogueError,
-    GalaxyChunk,
-    ResponseSums,
-    check_radians,
-    quality_cut_chunks,
-)
-from .products import ProductError, atomic_output, celestial_wcs, check_values, open_fits
+from ..products import ProductError, atomic_output, celestial_wcs, check_values, open_fits
+from .cuts import BinErrors, CatalogueError, GalaxyChunk, check_radians, quality_cut_chunks
+from .responses import SHEARED_SELECTIONS, ResponseSums
 
 #: Image HDUs of a data patch that the reconstructions read (NGAL is informative only).
 DATA_HDUS = ("G1", "G2", "SIGMA", "MASK")
