@@ -7,9 +7,9 @@ from kappadiff.stages.figures import mosaic_figure_memory_mb
 rule validate_patch_figure:
     """Figure 3: DPS mean, Wiener, KS and DPS std of one data patch, with clusters."""
     input:
-        posterior=f"{RESULTS}/posterior/patch_{figure_patch_id()}.fits",
-        ks=f"{RESULTS}/baselines/ks/patch_{figure_patch_id()}.fits",
-        wiener=f"{RESULTS}/baselines/wiener/patch_{figure_patch_id()}.fits",
+        posterior=patch_file(f"{RESULTS}/posterior", figure_patch_id()),
+        ks=patch_file(f"{RESULTS}/baselines/ks", figure_patch_id()),
+        wiener=patch_file(f"{RESULTS}/baselines/wiener", figure_patch_id()),
         clusters=cluster_source(),
     output:
         report(

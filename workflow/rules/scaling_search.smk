@@ -10,10 +10,10 @@ rule validate_sample:
     """DPS samples of one mock patch for one validation run (grid candidate, unscaled, tuned)."""
     input:
         unpack(tuned_run_inputs),
-        data=f"{MOCKS}/data/patch_{{patch}}.fits",
+        data=patch_file(f"{MOCKS}/data", "{patch}"),
         model=f"{RESULTS}/prior/model.pt",
     output:
-        f"{VALIDATION}/runs/{{run}}/patch_{{patch}}.fits",
+        patch_file(f"{VALIDATION}/runs/{{run}}", "{patch}"),
     log:
         f"{RESULTS}/logs/validate_sample/{{run}}/patch_{{patch}}.log",
     benchmark:
