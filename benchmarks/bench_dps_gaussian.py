@@ -37,6 +37,7 @@ from kappadiff.diffusion.dps import dps_guidance, shear_data
 from kappadiff.diffusion.gaussian import GaussianDenoiser, mode_covariance
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
 from kappadiff.products import read_images
+from kappadiff.scaling import LikelihoodScaling
 from kappadiff.stages.baselines import read_cutouts
 from kappadiff.stats import compare_statistics, log_ell_bins
 
@@ -89,12 +90,14 @@ def main() -> None:
         for t_bar in args.t_bars:
             t0 = time.perf_counter()
             means = []
+            scaling = (
+                LikelihoodScaling((t_bar,), (args.sigma_t,)) if t_bar > 0 else LikelihoodScaling()
+            )
             for p, d in zip(patches, data, strict=True):
                 sd = shear_data(d["G1"], d["G2"], d["SIGMA"], d["MASK"], source=f"patch {p}")
                 guidance = dps_guidance(
                     sd, prior.to_kappa, prior.schedule.alphas_cumprod, steps,
-                    scaled=t_bar > 0, t_bar=t_bar, sigma_t=args.sigma_t,
-                    step=s["step"], zeta=float(s["zeta"]), pad=pad,
+                    scaling=scaling, step=s["step"], zeta=float(s["zeta"]), pad=pad,
                 )  # fmt: skip
                 gen = torch.Generator().manual_seed(p)
                 xs = ddim_sample(

@@ -83,6 +83,7 @@ from kappadiff.diffusion.speed import Speedups, prepare_network
 from kappadiff.diffusion.train import new_state, step_noise, train
 from kappadiff.diffusion.unet import Attention, UNet, UNetConfig, count_parameters
 from kappadiff.lensing import kappa_to_shear
+from kappadiff.scaling import LikelihoodScaling
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_NET = UNetConfig(4, 8, (1, 2), 1, (1,))
@@ -501,7 +502,11 @@ class CheckProblem:
             data = synthetic_shear(kappa[i], ctx.device, seed=100 + i)
             self.guidance.append(
                 dps_guidance(
-                    data, ctx.norm.to_kappa, ctx.schedule.alphas_cumprod, self.steps, scaled=False
+                    data,
+                    ctx.norm.to_kappa,
+                    ctx.schedule.alphas_cumprod,
+                    self.steps,
+                    scaling=LikelihoodScaling(),
                 )
             )
 

@@ -38,6 +38,7 @@ from kappadiff.diffusion.checkpoint import load_checkpoint, prior_from_state
 from kappadiff.diffusion.dps import TrajectoryDiagnostic, chi2, dps_guidance, shear_data
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
 from kappadiff.diffusion.speed import prepare_network
+from kappadiff.scaling import LikelihoodScaling
 from kappadiff.stages.baselines import read_signal_power
 from kappadiff.stages.scaling_search import run_coverage
 from kappadiff.stats import log_ell_bins
@@ -77,9 +78,7 @@ def posterior(prior, network, g1, g2, sigma, mask, kw, args, device, seed):
         prior.to_kappa,
         prior.schedule.alphas_cumprod,
         steps,
-        scaled=kw["scaled"],
-        t_bar=kw["t_bar"],
-        sigma_t=kw["sigma_t"],
+        scaling=LikelihoodScaling.from_sampling(kw),
         step=kw["step"],
         zeta=kw["zeta"],
     )

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kappadiff.diffusion.dps import (
+    PAPER_SCALING,
     TrajectoryDiagnostic,
     chi2,
     dps_guidance,
@@ -15,6 +16,7 @@ from kappadiff.diffusion.dps import (
 )
 from kappadiff.diffusion.process import make_schedule
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
+from kappadiff.scaling import LikelihoodScaling
 
 N = 16
 
@@ -152,10 +154,10 @@ def test_beta_step_is_scale_times_beta_times_gradient(rng, scaled, zeta):
     c, s = 0.7, 0.02  # x̂0 = c x_t, κ = s x̂0
     steps = timestep_sequence(1000, 50)
     t, t_next = steps[20], steps[21]
+    scaling = LikelihoodScaling((t, t - 40), (20.0,)) if scaled else LikelihoodScaling()
     g = dps_guidance(
-        data, lambda x: s * x, schedule.alphas_cumprod, steps,
-        scaled=scaled, t_bar=[t, t - 40], sigma_t=20.0, zeta=zeta,
-    )  # fmt: skip
+        data, lambda x: s * x, schedule.alphas_cumprod, steps, scaling=scaling, zeta=zeta
+    )
     x_in = x_t.clone().requires_grad_(True)
     corr = g(x_in, t, ScaledIdentity(c)(x_in))
     # reference: autograd of χ²/2 in float64, and the step written out
@@ -173,7 +175,9 @@ def test_beta_step_is_scale_times_beta_times_gradient(rng, scaled, zeta):
 def test_beta_step_with_every_timestep_is_beta_t(rng):
     data, schedule, x_t = _guidance_inputs(rng, n_bins=1)
     steps = list(range(999, -1, -1))
-    g = dps_guidance(data, lambda x: 0.02 * x, schedule.alphas_cumprod, steps, scaled=False)
+    g = dps_guidance(
+        data, lambda x: 0.02 * x, schedule.alphas_cumprod, steps, scaling=LikelihoodScaling()
+    )
     x_in = x_t.clone().requires_grad_(True)
     corr = g(x_in, 400, x_in)
     x_in2 = x_t.clone().requires_grad_(True)
@@ -188,7 +192,7 @@ def test_normalised_step_follows_chung(rng):
     steps = timestep_sequence(1000, 10)
     g = dps_guidance(
         data, lambda x: 0.02 * x, schedule.alphas_cumprod, steps,
-        scaled=False, step="normalised", zeta=zeta,
+        scaling=LikelihoodScaling(), step="normalised", zeta=zeta,
     )  # fmt: skip
     x_in = x_t.clone().requires_grad_(True)
     corr = g(x_in, steps[3], x_in)
@@ -205,9 +209,9 @@ def test_guidance_refuses_unknown_settings(rng):
     with pytest.raises(ValueError, match="step = 'adam'"):
         dps_guidance(data, lambda x: x, ac, [10, 0], step="adam")
     with pytest.raises(ValueError, match="t_bar has 3 values, expected 1 or 2"):
-        dps_guidance(data, lambda x: x, ac, [10, 0], t_bar=[1, 2, 3])
+        dps_guidance(data, lambda x: x, ac, [10, 0], scaling=LikelihoodScaling((1, 2, 3), (20,)))
     with pytest.raises(ValueError, match="sigma_t"):
-        dps_guidance(data, lambda x: x, ac, [10, 0], sigma_t=0.0)
+        dps_guidance(data, lambda x: x, ac, [10, 0], scaling=LikelihoodScaling((500,), (0.0,)))
     g = dps_guidance(data, lambda x: x, ac, [10, 0])
     x = torch.zeros(1, 2, N, N, requires_grad=True)
     with pytest.raises(ValueError, match="t = 5"):
@@ -279,7 +283,7 @@ def _dps_summary(problem, n_steps, **kwargs):
 
 
 def test_dps_on_a_gaussian_prior_approaches_the_wiener_posterior(gaussian_problem):
-    r, slope, c2 = _dps_summary(gaussian_problem, 100, t_bar=800.0, sigma_t=20.0)
+    r, slope, c2 = _dps_summary(gaussian_problem, 100, scaling=LikelihoodScaling((800.0,), (20.0,)))
     # 32 samples with posterior std 0.71 s: the sample mean scatters by 0.12 s around a
     # posterior mean of std 0.71 s, so an exact sampler gives r ≈ 0.985
     assert r > 0.95
@@ -290,14 +294,14 @@ def test_dps_on_a_gaussian_prior_approaches_the_wiener_posterior(gaussian_proble
 
 
 def test_unscaled_dps_overfits_and_the_step_does_not_depend_on_nfe(gaussian_problem):
-    _, slope_scaled, c2_scaled = _dps_summary(gaussian_problem, 50, t_bar=500.0, sigma_t=20.0)
-    _, slope_plain, c2_plain = _dps_summary(gaussian_problem, 50, scaled=False)
+    _, slope_scaled, c2_scaled = _dps_summary(gaussian_problem, 50, scaling=PAPER_SCALING)
+    _, slope_plain, c2_plain = _dps_summary(gaussian_problem, 50, scaling=LikelihoodScaling())
     # A ≡ 1 gives the likelihood its full weight from t = T: a larger pull to the data
     assert slope_plain > slope_scaled + 0.3
     assert c2_plain < c2_scaled - 0.2
     # β_eff = 1 − ᾱ_t/ᾱ_t' keeps the integrated step fixed when steps are skipped:
     # 50 and 250 network evaluations agree to 10 % (the toy gives ≈ 5 %)
-    _, slope_fine, c2_fine = _dps_summary(gaussian_problem, 250, t_bar=500.0, sigma_t=20.0)
+    _, slope_fine, c2_fine = _dps_summary(gaussian_problem, 250, scaling=PAPER_SCALING)
     np.testing.assert_allclose(slope_fine, slope_scaled, rtol=0.1)
     np.testing.assert_allclose(c2_fine, c2_scaled, rtol=0.1)
 

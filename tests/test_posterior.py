@@ -21,6 +21,7 @@ from kappadiff.products import (
     write_fits,
     write_table,
 )
+from kappadiff.scaling import LikelihoodScaling
 from kappadiff.stages import posterior
 from kappadiff.stages.posterior import sample_patch
 
@@ -70,7 +71,9 @@ def model_path(tmp_path):
     return path
 
 
-def write_patch(path, rng, npix=N):
+def write_patch(path, rng, npix=N, patch_id=None):
+    """A data patch as ``pixelise`` writes it; its PATCHID is the id in the file name."""
+    patch_id = int(path.stem.split("_")[-1]) if patch_id is None else patch_id
     kappa = rng.normal(0, 0.02, (BINS, npix, npix))
     g1, g2 = kappa_to_shear(kappa)
     sigma = np.full(kappa.shape, 0.03)
@@ -81,7 +84,7 @@ def write_patch(path, rng, npix=N):
     g2 = g2 + sigma * rng.normal(size=kappa.shape)
     wcs = tan_header(150.0, -30.0, npix, 16.0)
     arrays = {"G1": g1, "G2": g2, "SIGMA": sigma, "MASK": mask, "NGAL": 10 * mask}
-    cards = provenance(None, **IDENTITY)
+    cards = provenance(None, PATCHID=patch_id, **IDENTITY)
     write_fits(path, [image_hdu(k, v, wcs) for k, v in arrays.items()], primary_header=cards)
     return path
 
@@ -111,7 +114,7 @@ def test_product_holds_mean_std_samples_wcs_and_header(tmp_path, data_path, mode
             for key in ("CTYPE1", "CRVAL1", "CRVAL2", "CRPIX1", "CDELT1", "CDELT2"):
                 assert hdul["MEAN"].header[key] == data["G1"].header[key]
         h = hdul[0].header
-        assert h["NFE"] == 4 and h["NSAMPLE"] == 3 and h["PATCH"] == 3
+        assert h["NFE"] == 4 and h["NSAMPLE"] == 3 and h["PATCHID"] == 3
         assert [h[f"TBAR{b}"] for b in range(1, 5)] == [500, 450, 400, 350]
         assert h["SIGT1"] == 20 and h["SCALED"] is True
         assert h["SEED"] == posterior.posterior_seed(11, 3)
@@ -125,10 +128,14 @@ def test_product_holds_mean_std_samples_wcs_and_header(tmp_path, data_path, mode
     assert not (tmp_path / "post" / "patch_0003.fits.partial.npz").exists()
 
 
-def test_rerun_is_bit_identical_and_seeds_differ_by_patch(tmp_path, data_path, model_path):
-    a = sample_patch(data_path, model_path, tmp_path / "a.fits", config(), 3)
-    b = sample_patch(data_path, model_path, tmp_path / "b.fits", config(), 3)
-    c = sample_patch(data_path, model_path, tmp_path / "c.fits", config(), 4)
+def test_rerun_is_bit_identical_and_seeds_differ_by_patch(tmp_path, model_path):
+    # patches 3 and 4 hold the same data: only the seed differs
+    data_3, data_4 = (
+        write_patch(tmp_path / f"patch_000{i}.fits", np.random.default_rng(5)) for i in (3, 4)
+    )
+    a = sample_patch(data_3, model_path, tmp_path / "a.fits", config(), 3)
+    b = sample_patch(data_3, model_path, tmp_path / "b.fits", config(), 3)
+    c = sample_patch(data_4, model_path, tmp_path / "c.fits", config(), 4)
     with fits.open(a) as ha, fits.open(b) as hb, fits.open(c) as hc:
         for name in ("MEAN", "STD", "SAMPLES", "CHI2", "DRIFT"):
             assert ha[name].data.tobytes() == hb[name].data.tobytes(), name
@@ -301,7 +308,7 @@ def test_patch_of_the_wrong_size_is_refused(tmp_path, rng, model_path):
 def test_missing_hdu_is_named(tmp_path, rng, model_path):
     path = tmp_path / "patch_0002.fits"
     g1 = image_hdu("G1", np.zeros((BINS, N, N)), tan_header(0, 0, N, 16.0))
-    write_fits(path, [g1], primary_header=provenance(None, **IDENTITY))
+    write_fits(path, [g1], primary_header=provenance(None, PATCHID=2, **IDENTITY))
     with pytest.raises(ProductError, match=r"patch_0002.fits: no HDU \['G2', 'SIGMA', 'MASK'\]"):
         sample_patch(path, model_path, tmp_path / "out.fits", config(), 2)
 
@@ -345,3 +352,55 @@ def test_tuned_scaling_file_replaces_t_bar_and_sigma_t(tmp_path, data_path, mode
     write_table(other, columns, header={**IDENTITY, "SOURCE": "fits", "CATHASH": "ffff"})
     with pytest.raises(ProductError, match=r"other_scaling.fits was made from catalogue .*patch"):
         sample_patch(data_path, model_path, tmp_path / "x.fits", config(), 3, scaling_path=other)
+
+
+def test_data_of_another_patch_or_without_patch_id_is_refused(tmp_path, rng, model_path):
+    # the id seeds the draws: patch 4's samples from patch 3's data are refused
+    data = write_patch(tmp_path / "patch_0003.fits", rng)
+    with pytest.raises(
+        ProductError, match=r"patch_0003.fits holds patch 3 \(PATCHID\), but patch 4"
+    ):
+        sample_patch(data, model_path, tmp_path / "out.fits", config(), 4)
+    assert not (tmp_path / "out.fits").exists()
+    old = tmp_path / "patch_0005.fits"
+    with fits.open(data) as hdul:
+        del hdul[0].header["PATCHID"]
+        hdul.writeto(old, checksum=True)
+    with pytest.raises(ProductError, match=r"patch_0005.fits: no PATCHID.*pixelise pixelise_mocks"):
+        sample_patch(old, model_path, tmp_path / "out.fits", config(), 5)
+
+
+def test_scaling_and_scaling_file_together_are_refused(tmp_path, data_path, model_path):
+    with pytest.raises(ValueError, match="not both"):
+        sample_patch(
+            data_path, model_path, tmp_path / "out.fits", config(), 3,
+            scaling_path=tmp_path / "scaling.fits", scaling=LikelihoodScaling(),
+        )  # fmt: skip
+
+
+def test_explicit_scaling_is_drawn_recorded_and_part_of_the_resume_key(
+    tmp_path, data_path, model_path, monkeypatch, caplog
+):
+    scaling = LikelihoodScaling((520.0, 510.0, 490.0, 480.0), (15.0, 20.0, 25.0, 30.0))
+    out = tmp_path / "run.fits"
+    # a run of the configuration's A(t) is pre-empted; the explicit one must start afresh
+    preempt_after(monkeypatch, n_batches=1)
+    with pytest.raises(KeyboardInterrupt):
+        sample_patch(data_path, model_path, out, config(), 3)
+    monkeypatch.undo()
+    with caplog.at_level("INFO"):
+        sample_patch(data_path, model_path, out, config(), 3, scaling=scaling)
+    assert "drawn with another sampling.sigma_t, sampling.t_bar: starting afresh" in caplog.text
+    ref = sample_patch(
+        data_path,
+        model_path,
+        tmp_path / "ref.fits",
+        config(t_bar=list(scaling.t_bar), sigma_t=list(scaling.sigma_t)),
+        3,
+    )
+    with fits.open(out) as ho, fits.open(ref) as hr:
+        h = ho[0].header
+        assert LikelihoodScaling.from_header(h) == scaling
+        assert [h[f"TBAR{b}"] for b in range(1, 5)] == [520, 510, 490, 480]
+        assert [h[f"SIGT{b}"] for b in range(1, 5)] == [15, 20, 25, 30]
+        assert ho["SAMPLES"].data.tobytes() == hr["SAMPLES"].data.tobytes()

@@ -22,8 +22,11 @@ import numpy as np
 import torch
 
 from ..lensing import kappa_to_shear_torch
+from ..scaling import LikelihoodScaling
+from .sampler import Guidance
 
 __all__ = [
+    "PAPER_SCALING",
     "STEP_FORMS",
     "ShearData",
     "TrajectoryDiagnostic",
@@ -37,7 +40,8 @@ __all__ = [
 #: ``"normalised"`` (A_b(t) ζ/‖r‖, Chung et al. 2023, Algorithm 1).
 STEP_FORMS = ("beta", "normalised")
 
-Guidance = Callable[[torch.Tensor, torch.Tensor | int, torch.Tensor], torch.Tensor]
+#: The paper's likelihood scaling: ``t̄ = 500``, ``σ_t = 20`` for every bin (T = 1000).
+PAPER_SCALING = LikelihoodScaling((500.0,), (20.0,))
 
 
 @dataclass(frozen=True)
@@ -191,25 +195,13 @@ def _timestep(t: torch.Tensor | int) -> int:
     return int(t)
 
 
-def _per_bin(value: float | Sequence[float], n_bins: int, name: str) -> torch.Tensor:
-    """A per-bin parameter from one value (all bins) or a list of ``n_bins`` values."""
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.ndim == 0:
-        arr = np.full(n_bins, float(arr))
-    if arr.shape != (n_bins,):
-        raise ValueError(f"{name} has {arr.size} values, expected 1 or {n_bins} (one per bin)")
-    return torch.as_tensor(arr, dtype=torch.float32)
-
-
 def dps_guidance(
     data: ShearData,
     to_kappa: Callable[[torch.Tensor], torch.Tensor],
     alphas_cumprod: torch.Tensor,
     steps: Sequence[int],
     *,
-    scaled: bool = True,
-    t_bar: float | Sequence[float] = 500.0,
-    sigma_t: float | Sequence[float] = 20.0,
+    scaling: LikelihoodScaling = PAPER_SCALING,
     step: str = "beta",
     zeta: float = 1.0,
     pad: int = 0,
@@ -230,11 +222,10 @@ def dps_guidance(
         (:func:`kappadiff.diffusion.sampler.timestep_sequence`); the step from ``t`` to the next
         visited ``t'`` uses ``β_eff = 1 − ᾱ_t/ᾱ_t'`` (``ᾱ = 1`` after the last), which is
         ``β_t`` when every timestep is visited.
-    scaled
-        Scale bin b's step by ``A_b(t)`` (:func:`likelihood_scale`); ``False`` gives plain
-        DPS (``A ≡ 1``).
-    t_bar, sigma_t
-        ``t̄`` and ``σ_t`` of ``A(t)``, one value or one per bin (timesteps).
+    scaling
+        ``t̄`` and ``σ_t`` of ``A(t)`` (one value or one per bin, timesteps): bin b's step
+        is scaled by ``A_b(t)`` (:func:`likelihood_scale`); an unscaled
+        :class:`~kappadiff.scaling.LikelihoodScaling` gives plain DPS (``A ≡ 1``).
     step
         ``"beta"``: step ``ζ A_b(t) β_eff(t)`` on the gradient of χ²/2 (ζ = 1 is the
         reference implementation of Boruah et al.); ``"normalised"``: step ``A_b(t) ζ/‖r‖`` on the
@@ -266,10 +257,10 @@ def dps_guidance(
         raise ValueError(f"zeta = {zeta} must be > 0")
     n_bins = data.g1.shape[0]
     device = data.g1.device
-    t_bar_b = _per_bin(t_bar, n_bins, "t_bar").to(device)
-    sigma_t_b = _per_bin(sigma_t, n_bins, "sigma_t").to(device)
-    if (sigma_t_b <= 0).any():
-        raise ValueError(f"sigma_t = {sigma_t} must be > 0")
+    if scaling.scaled:
+        t_bar_b, sigma_t_b = (
+            torch.as_tensor(v, dtype=torch.float32, device=device) for v in scaling.per_bin(n_bins)
+        )
 
     abar = alphas_cumprod.detach().to(torch.float64).cpu()
     steps = [int(s) for s in steps]
@@ -288,7 +279,7 @@ def dps_guidance(
             raise ValueError(f"guidance called at t = {ti}, which is not among the sampler's steps")
         scale = (
             likelihood_scale(ti, t_bar_b, sigma_t_b)
-            if scaled
+            if scaling.scaled
             else torch.ones(n_bins, device=device)
         )
         with torch.autocast(device_type=x0_hat.device.type, enabled=False):

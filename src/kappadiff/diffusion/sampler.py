@@ -17,8 +17,9 @@ __all__ = ["Guidance", "ddim_sample", "timestep_sequence"]
 
 #: ``guidance(x_t, t, x0_hat) -> correction``: ``x_t`` requires grad and ``x0_hat`` depends
 #: on it through the network; the correction (shaped like ``x_t``) is subtracted from the
-#: DDIM update.
-Guidance = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
+#: DDIM update. The loop passes ``t`` as an int; a guidance also takes a batch's timesteps
+#: as a tensor (one value for the whole batch).
+Guidance = Callable[[torch.Tensor, torch.Tensor | int, torch.Tensor], torch.Tensor]
 
 
 def timestep_sequence(T: int, n_steps: int, power: float = 1.0) -> list[int]:

@@ -1,11 +1,15 @@
 """Stage ``sample_patch``: DPS posterior samples of one data patch.
 
-Reads ``results/data/patch_{id}.fits`` and the prior checkpoint, draws
-``sampling.n_samples`` posterior samples in batches of ``sampling.batch_size`` with the
-prior's reverse diffusion guided by the shear likelihood (:mod:`kappadiff.diffusion.dps`),
-and writes ``results/posterior/patch_{id}.fits``: MEAN, STD, optionally SAMPLES
+Reads ``results/data/patch_{id}.fits`` (whose ``PATCHID`` card must be the patch id) and
+the prior checkpoint, draws ``sampling.n_samples`` posterior samples in batches of
+``sampling.batch_size`` with the prior's reverse diffusion guided by the shear likelihood
+(:mod:`kappadiff.diffusion.dps`), scaled by the caller's A(t), the TARP search's
+(``results/validation/scaling.fits``) or the configuration's
+(:class:`kappadiff.scaling.LikelihoodScaling`), and writes
+``results/posterior/patch_{id}.fits``: MEAN, STD, optionally SAMPLES
 ``[sample, bin, row, col]``, CHI2 ``[sample, bin]``, the trajectory diagnostic DRIFT
-``[step, bin]`` with its timesteps TSTEPS, all with the data patch's TAN WCS.
+``[step, bin]`` with its timesteps TSTEPS, all with the data patch's TAN WCS; its header
+records ``PATCHID`` and the scaling (``SCALED``, ``TBARb``, ``SIGTb``).
 
 Each batch draws its noise from a generator seeded by (config seed, patch id, first sample
 index, batch size), so a rerun reproduces the samples bit for bit on CPU. Finished batches
@@ -23,6 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +37,9 @@ from astropy.io import fits
 
 from ..catalogue.io import read_data_patch
 from ..config import without_speed_keys
-from ..diffusion.checkpoint import load_prior
-from ..diffusion.dps import TrajectoryDiagnostic, chi2, dps_guidance, shear_data
-from ..diffusion.sampler import ddim_sample, timestep_sequence
+from ..diffusion.checkpoint import Prior, load_prior
+from ..diffusion.dps import ShearData, TrajectoryDiagnostic, chi2, dps_guidance, shear_data
+from ..diffusion.sampler import Guidance, ddim_sample, timestep_sequence
 from ..diffusion.speed import Speedups, prepare_network
 from ..products import (
     ProductError,
@@ -46,6 +51,7 @@ from ..products import (
     provenance,
     write_fits,
 )
+from ..scaling import LikelihoodScaling, read_scaling
 from ..seeding import derive_seed
 
 __all__ = ["posterior_seed", "sample_patch", "sampling_params"]
@@ -98,7 +104,9 @@ def _resume_key(
 ) -> str:
     """What a partial run's draws depend on, as JSON: data, model, seed, patch and settings.
 
-    ``sampling`` is the section in effect (a tuned scaling already in ``t_bar``/``sigma_t``).
+    ``sampling`` is the section in effect: the run's A(t) in ``scaled``, ``t_bar`` and
+    ``sigma_t`` (:func:`_sampling_in_effect`), whether it came from the configuration, the
+    scaling file or the caller.
     """
     # the GPU speed switches change no draw either (kappadiff.config.SPEED_KEYS)
     draws = {k: v for k, v in without_speed_keys(sampling).items() if k not in NOT_IN_RESUME_KEY}
@@ -197,6 +205,252 @@ def _samples_hdu(samples: np.ndarray, wcs: fits.Header, storage: str) -> fits.Im
     return hdu
 
 
+@dataclass(frozen=True)
+class _Problem:
+    """What every batch of a patch's draws shares: data, prior, network, steps and guidance."""
+
+    data: ShearData
+    wcs: fits.Header
+    prior: Prior
+    network: torch.nn.Module
+    steps: list[int]
+    guidance: Guidance
+    device: torch.device
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_bins, npix)`` of the patch."""
+        return self.data.g1.shape[0], self.data.g1.shape[-1]
+
+
+def _resolve_scaling(
+    sampling: Mapping[str, Any],
+    scaling: LikelihoodScaling | None,
+    scaling_path: str | os.PathLike | None,
+) -> LikelihoodScaling:
+    """The run's A(t): ``scaling``, else the one in ``scaling_path``, else the config's."""
+    if scaling is not None:
+        return scaling
+    if scaling_path is None:
+        return LikelihoodScaling.from_sampling(sampling)
+    tuned = read_scaling(scaling_path)
+    log.info("likelihood scaling from %s: %s", scaling_path, tuned)
+    return tuned
+
+
+def _check_patch_id(data_path: str | os.PathLike, patch_id: int) -> None:
+    """Check that the data file holds patch ``patch_id`` (its ``PATCHID`` card).
+
+    The id seeds the draws, so samples drawn for one patch from another's data would pass
+    for that patch's posterior.
+    """
+    header = fits.getheader(data_path, 0)
+    if "PATCHID" not in header:
+        raise ProductError(
+            f"{data_path}: no PATCHID card, so the patch it holds is unknown (a data patch of "
+            "an older version); rebuild the data with --forcerun pixelise pixelise_mocks"
+        )
+    if int(header["PATCHID"]) != int(patch_id):
+        raise ProductError(
+            f"{data_path} holds patch {int(header['PATCHID'])} (PATCHID), but patch "
+            f"{int(patch_id)} was asked for: the file and the patch id disagree"
+        )
+
+
+def _load_problem(
+    data_path: str | os.PathLike,
+    model_path: str | os.PathLike,
+    sampling: Mapping[str, Any],
+    scaling: LikelihoodScaling,
+) -> _Problem:
+    """Read the data patch and the prior, check that they fit, and build the guidance."""
+    device = _device(sampling["device"])
+    arrays, wcs = read_data_patch(data_path)
+    data = shear_data(
+        arrays["G1"],
+        arrays["G2"],
+        arrays["SIGMA"],
+        arrays["MASK"],
+        device=device,
+        source=str(data_path),
+    )
+    prior = load_prior(model_path, device)
+    n_bins, npix = data.g1.shape[0], data.g1.shape[-1]
+    n_channels = prior.model.config.in_channels
+    if (n_bins, npix) != (n_channels, prior.npix):
+        raise ProductError(
+            f"{data_path}: {n_bins} bins of {npix} x {npix} pixels, but the prior {model_path} "
+            f"models {n_channels} bins of {prior.npix} x {prior.npix}"
+        )
+    steps = timestep_sequence(int(prior.schedule.T), sampling["n_steps"], sampling["step_power"])
+    guidance = dps_guidance(
+        data,
+        prior.to_kappa,
+        prior.schedule.alphas_cumprod,
+        steps,
+        scaling=scaling,
+        step=sampling["step"],
+        zeta=sampling["zeta"],
+        pad=sampling["shear_pad"],
+    )
+    speedups = Speedups.from_config(sampling)
+    network = prepare_network(prior.model, device, sampling["precision"], speedups)
+    return _Problem(data, wcs, prior, network, steps, guidance, device)
+
+
+def _sampling_in_effect(
+    sampling: Mapping[str, Any], scaling: LikelihoodScaling, n_bins: int
+) -> dict[str, Any]:
+    """``sampling`` with the run's A(t) in place of its ``scaled``, ``t_bar``, ``sigma_t``.
+
+    The scaling may come from a file or the caller rather than the config, and only its
+    per-bin values change a draw, so those are what the resume key records.
+    """
+    draws = {k: v for k, v in sampling.items() if k not in ("scaled", "t_bar", "sigma_t")}
+    draws["scaled"] = scaling.scaled
+    if scaling.scaled:
+        t_bar, sigma_t = scaling.per_bin(n_bins)
+        draws.update(t_bar=t_bar.tolist(), sigma_t=sigma_t.tolist())
+    return draws
+
+
+def _draw_batch(
+    problem: _Problem, seed: int, size: int, eta: float, pad: int
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """κ ``[size, bin, row, col]``, χ² ``[size, bin]`` and drift ``[step, size, bin]``."""
+    n_bins, npix = problem.shape
+    generator = torch.Generator(device=problem.device).manual_seed(seed)
+    diagnostic = TrajectoryDiagnostic(problem.prior.schedule.alphas_cumprod)
+    x = ddim_sample(
+        problem.network,
+        problem.prior.schedule,
+        (size, n_bins, npix, npix),
+        problem.steps,
+        eta,
+        generator,
+        guidance=problem.guidance,
+        callback=diagnostic,
+    )
+    with torch.no_grad():
+        kappa = problem.prior.to_kappa(x.float())
+        c2 = chi2(kappa, problem.data, pad=pad)
+    return kappa, c2, diagnostic.drift()
+
+
+def _draw_samples(
+    problem: _Problem,
+    sampling: Mapping[str, Any],
+    seed: int,
+    patch_id: int,
+    partial: Path,
+    key: str,
+) -> dict[str, list[np.ndarray]]:
+    """Draw the patch's samples batch by batch, resuming from and keeping ``partial``."""
+    plan = _batch_plan(int(sampling["n_samples"]), int(sampling["batch_size"]))
+    done, n_resumed = _no_samples(), 0
+    if sampling["checkpoint_batches"]:
+        done, n_resumed = _load_partial(partial, key, plan)
+    log.info(
+        "patch %d: %d samples in batches of %d, %d steps (NFE), device %s, %s",
+        patch_id,
+        int(sampling["n_samples"]),
+        int(sampling["batch_size"]),
+        len(problem.steps),
+        problem.device,
+        sampling["precision"],
+    )
+    dof = problem.data.dof.cpu().numpy()
+    for i, (first, size) in enumerate(plan[n_resumed:], start=n_resumed):
+        t0 = time.perf_counter()
+        kappa, c2, drift = _draw_batch(
+            problem,
+            posterior_seed(seed, patch_id, first, size),
+            size,
+            sampling["eta"],
+            sampling["shear_pad"],
+        )
+        for j in range(size):
+            done["kappa"].append(kappa[j].cpu().numpy().astype(np.float32))
+            done["chi2"].append(c2[j].cpu().numpy().astype(np.float64))
+            done["drift"].append(drift[:, j].astype(np.float64))
+        log.info(
+            "samples %d-%d in %.1f s, chi2/dof %s",
+            first,
+            first + size - 1,
+            time.perf_counter() - t0,
+            np.round(c2.mean(0).cpu().numpy() / dof, 3).tolist(),
+        )
+        if sampling["checkpoint_batches"] and i + 1 < len(plan):
+            _save_partial(partial, key, done, plan[: i + 1])
+    return done
+
+
+def _summaries(done: Mapping[str, list[np.ndarray]], dof: np.ndarray) -> dict[str, np.ndarray]:
+    """SAMPLES, their MEAN and STD, CHI2 (per dof) and the mean DRIFT of the drawn samples."""
+    samples = np.stack(done["kappa"])  # [sample, bin, row, col]
+    mean = samples.astype(np.float64).mean(axis=0)
+    std = (
+        samples.astype(np.float64).std(axis=0, ddof=1) if len(samples) > 1 else np.zeros_like(mean)
+    )
+    return {
+        "SAMPLES": samples,
+        "MEAN": mean,
+        "STD": std,
+        "CHI2": np.stack(done["chi2"]) / dof,  # [sample, bin]
+        "DRIFT": np.stack(done["drift"]).mean(axis=0),  # [step, bin]
+    }
+
+
+def _product_cards(
+    sampling: Mapping[str, Any],
+    scaling: LikelihoodScaling,
+    patch_id: int,
+    problem: _Problem,
+    chi2_dof: np.ndarray,
+    runtime: float,
+) -> dict[str, Any]:
+    """The run's header cards: patch, sampler settings, A(t), run time and χ²/dof per bin."""
+    n_bins, _ = problem.shape
+    cards: dict[str, Any] = {
+        "PATCHID": int(patch_id),
+        "NSAMPLE": int(sampling["n_samples"]),
+        "NFE": len(problem.steps),
+        "NSTEPT": int(problem.prior.schedule.T),
+        "STEPPOW": float(sampling["step_power"]),
+        "ETA": float(sampling["eta"]),
+        **scaling.cards(n_bins),
+        "STEPFORM": sampling["step"],
+        "PRECISN": sampling["precision"],
+        "SHPAD": int(sampling["shear_pad"]),
+        "RUNTIME": round(runtime, 2),
+        "DEVICE": problem.device.type,
+        "ZETA": float(sampling["zeta"]),
+    }
+    for b in range(n_bins):
+        cards[f"CHI2DOF{b + 1}"] = float(chi2_dof[:, b].mean())
+    return cards
+
+
+def _write_posterior(
+    output_path: Path,
+    maps: Mapping[str, np.ndarray],
+    problem: _Problem,
+    header: fits.Header,
+    storage: str,
+) -> None:
+    """Write MEAN, STD, SAMPLES (unless ``storage`` is ``"none"``), CHI2, DRIFT and TSTEPS."""
+    wcs = problem.wcs
+    hdus = [image_hdu("MEAN", maps["MEAN"], wcs), image_hdu("STD", maps["STD"], wcs)]
+    if storage != "none":
+        hdus.append(_samples_hdu(maps["SAMPLES"], wcs, storage))
+    hdus += [
+        image_hdu("CHI2", maps["CHI2"], {"BUNIT": "chi2/dof"}),
+        image_hdu("DRIFT", maps["DRIFT"], {"COMMENT": "rms(x_t)/expected, mean over samples"}),
+        image_hdu("TSTEPS", np.asarray(problem.steps), dtype=np.int32),
+    ]
+    write_fits(output_path, hdus, primary_header=header)
+
+
 def sample_patch(
     data_path: str | os.PathLike,
     model_path: str | os.PathLike,
@@ -205,6 +459,7 @@ def sample_patch(
     patch_id: int,
     threads: int = 1,
     scaling_path: str | os.PathLike | None = None,
+    scaling: LikelihoodScaling | None = None,
 ) -> Path:
     """Draw DPS posterior samples of one data patch and write the posterior product.
 
@@ -219,166 +474,60 @@ def sample_patch(
     config
         The validated configuration (``seed`` and the ``sampling`` section are used).
     patch_id
-        Patch id, which with ``config['seed']`` and the sample index seeds the noise.
+        Patch id, which with ``config['seed']`` and the sample index seeds the noise; it must
+        be the data file's ``PATCHID``.
     threads
         CPU threads for torch.
     scaling_path
         ``results/validation/scaling.fits``: its per-bin ``t_bar`` / ``sigma_t`` (the
-        validation stage's TARP search) replace ``sampling.t_bar`` / ``sampling.sigma_t``.
+        TARP search on the mocks) replace those of ``config['sampling']``.
+    scaling
+        The likelihood scaling to sample with, in place of the configuration's (a
+        validation run on the mocks).
 
     Returns
     -------
     Path
         ``output_path``.
+
+    Raises
+    ------
+    ValueError
+        If both ``scaling`` and ``scaling_path`` are given.
+    ProductError
+        If the data file is not patch ``patch_id``'s, or descends from another catalogue
+        than ``scaling_path``, or does not fit the prior.
     """
+    if scaling is not None and scaling_path is not None:
+        raise ValueError("give scaling or scaling_path, not both")
     t_start = time.perf_counter()
     torch.set_num_threads(max(1, int(threads)))
-    s = dict(config["sampling"])
+    s = config["sampling"]
     # the catalogue the data descend from; a scaling tuned on another catalogue's mocks
     # is refused
     identity = check_same_catalogue(
         [data_path] if scaling_path is None else [data_path, scaling_path]
     )
-    if scaling_path is not None:
-        from .validation import read_scaling  # the validation stage owns the scaling file
-
-        tuned = read_scaling(scaling_path)
-        s.update(scaled=True, t_bar=tuned["t_bar"], sigma_t=tuned["sigma_t"])
-        log.info(
-            "likelihood scaling from %s: t_bar %s, sigma_t %s",
-            scaling_path,
-            s["t_bar"],
-            s["sigma_t"],
-        )
+    scaling = _resolve_scaling(s, scaling, scaling_path)
+    _check_patch_id(data_path, patch_id)
+    problem = _load_problem(data_path, model_path, s, scaling)
     output_path = Path(output_path)
-    device = _device(s["device"])
-
-    arrays, wcs = read_data_patch(data_path)
-    data = shear_data(
-        arrays["G1"],
-        arrays["G2"],
-        arrays["SIGMA"],
-        arrays["MASK"],
-        device=device,
-        source=str(data_path),
-    )
-    prior = load_prior(model_path, device)
-    abar = prior.schedule.alphas_cumprod
-    n_timesteps = int(prior.schedule.T)
-    n_bins, npix = data.g1.shape[0], data.g1.shape[-1]
-    n_channels = prior.model.config.in_channels
-    if (n_bins, npix) != (n_channels, prior.npix):
-        raise ProductError(
-            f"{data_path}: {n_bins} bins of {npix} x {npix} pixels, but the prior {model_path} "
-            f"models {n_channels} bins of {prior.npix} x {prior.npix}"
-        )
-    steps = timestep_sequence(n_timesteps, s["n_steps"], s["step_power"])
-    guidance = dps_guidance(
-        data,
-        prior.to_kappa,
-        abar,
-        steps,
-        scaled=s["scaled"],
-        t_bar=s["t_bar"],
-        sigma_t=s["sigma_t"],
-        step=s["step"],
-        zeta=s["zeta"],
-        pad=s["shear_pad"],
-    )
-    network = prepare_network(prior.model, device, s["precision"], Speedups.from_config(s))
-
-    seed = posterior_seed(config["seed"], patch_id)
-    model_hash = prior.hash
     partial = output_path.with_name(output_path.name + ".partial.npz")
-    key = _resume_key(file_hash(data_path), model_hash, config["seed"], int(patch_id), s)
-    n_samples, batch = int(s["n_samples"]), int(s["batch_size"])
-    plan = _batch_plan(n_samples, batch)
-    done, n_resumed = _no_samples(), 0
-    if s["checkpoint_batches"]:
-        done, n_resumed = _load_partial(partial, key, plan)
-
-    log.info(
-        "patch %d: %d samples in batches of %d, %d steps (NFE), device %s, %s",
-        patch_id,
-        n_samples,
-        batch,
-        len(steps),
-        device,
-        s["precision"],
+    in_effect = _sampling_in_effect(s, scaling, problem.shape[0])
+    key = _resume_key(
+        file_hash(data_path), problem.prior.hash, config["seed"], int(patch_id), in_effect
     )
-    for i, (first, size) in enumerate(plan[n_resumed:], start=n_resumed):
-        generator = torch.Generator(device=device).manual_seed(
-            posterior_seed(config["seed"], patch_id, first, size)
-        )
-        diagnostic = TrajectoryDiagnostic(abar)
-        t0 = time.perf_counter()
-        x = ddim_sample(
-            network,
-            prior.schedule,
-            (size, n_bins, npix, npix),
-            steps,
-            s["eta"],
-            generator,
-            guidance=guidance,
-            callback=diagnostic,
-        )
-        with torch.no_grad():
-            kappa = prior.to_kappa(x.float())
-            c2 = chi2(kappa, data, pad=s["shear_pad"])
-        drift = diagnostic.drift()  # [step, B, bin]
-        for j in range(size):
-            done["kappa"].append(kappa[j].cpu().numpy().astype(np.float32))
-            done["chi2"].append(c2[j].cpu().numpy().astype(np.float64))
-            done["drift"].append(drift[:, j].astype(np.float64))
-        log.info(
-            "samples %d-%d in %.1f s, chi2/dof %s",
-            first,
-            first + size - 1,
-            time.perf_counter() - t0,
-            np.round(c2.mean(0).cpu().numpy() / data.dof.cpu().numpy(), 3).tolist(),
-        )
-        if s["checkpoint_batches"] and i + 1 < len(plan):
-            _save_partial(partial, key, done, plan[: i + 1])
+    done = _draw_samples(problem, s, config["seed"], patch_id, partial, key)
 
-    samples = np.stack(done["kappa"])  # [sample, bin, row, col]
-    chi2_dof = np.stack(done["chi2"]) / data.dof.cpu().numpy()  # [sample, bin]
-    drift_mean = np.stack(done["drift"]).mean(axis=0)  # [step, bin]
-    mean = samples.astype(np.float64).mean(axis=0)
-    std = samples.astype(np.float64).std(axis=0, ddof=1) if n_samples > 1 else np.zeros_like(mean)
-
-    t_bar = np.broadcast_to(np.asarray(s["t_bar"], dtype=float), (n_bins,))
-    sigma_t = np.broadcast_to(np.asarray(s["sigma_t"], dtype=float), (n_bins,))
-    cards: dict[str, Any] = {
-        "PATCH": int(patch_id),
-        "NSAMPLE": n_samples,
-        "NFE": len(steps),
-        "NSTEPT": n_timesteps,
-        "STEPPOW": float(s["step_power"]),
-        "ETA": float(s["eta"]),
-        "SCALED": bool(s["scaled"]),
-        "STEPFORM": s["step"],
-        "PRECISN": s["precision"],
-        "SHPAD": int(s["shear_pad"]),
-        "RUNTIME": round(time.perf_counter() - t_start, 2),
-        "DEVICE": device.type,
-        "ZETA": float(s["zeta"]),
-    }
-    for b in range(n_bins):
-        if s["scaled"]:
-            cards[f"TBAR{b + 1}"] = float(t_bar[b])
-            cards[f"SIGT{b + 1}"] = float(sigma_t[b])
-        cards[f"CHI2DOF{b + 1}"] = float(chi2_dof[:, b].mean())
-    header = provenance(config, seed=seed, model_hash=model_hash, **cards, **identity)
-
-    hdus = [image_hdu("MEAN", mean, wcs), image_hdu("STD", std, wcs)]
-    if s["save_samples"] != "none":
-        hdus.append(_samples_hdu(samples, wcs, s["save_samples"]))
-    hdus += [
-        image_hdu("CHI2", chi2_dof, {"BUNIT": "chi2/dof"}),
-        image_hdu("DRIFT", drift_mean, {"COMMENT": "rms(x_t)/expected, mean over samples"}),
-        image_hdu("TSTEPS", np.asarray(steps), dtype=np.int32),
-    ]
-    write_fits(output_path, hdus, primary_header=header)
+    maps = _summaries(done, problem.data.dof.cpu().numpy())
+    cards = _product_cards(
+        s, scaling, patch_id, problem, maps["CHI2"], time.perf_counter() - t_start
+    )
+    seed = posterior_seed(config["seed"], patch_id)
+    header = provenance(config, seed=seed, model_hash=problem.prior.hash, **cards, **identity)
+    _write_posterior(output_path, maps, problem, header, s["save_samples"])
     partial.unlink(missing_ok=True)
-    log.info("wrote %s (chi2/dof per bin %s)", output_path, np.round(chi2_dof.mean(0), 3).tolist())
+    log.info(
+        "wrote %s (chi2/dof per bin %s)", output_path, np.round(maps["CHI2"].mean(0), 3).tolist()
+    )
     return output_path
