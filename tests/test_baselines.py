@@ -62,7 +62,7 @@ def _write_patch(path, rng, **override):
     images = {"G1": g1, "G2": g2, "SIGMA": sigma, "MASK": mask, "NGAL": 10 * mask}
     images.update(override)
     wcs = tan_header(30.0, -20.0, N, SCALE)
-    cards = provenance(None, **IDENTITY)
+    cards = provenance(None, PATCHID=int(path.stem.split("_")[-1]), **IDENTITY)
     write_fits(path, [image_hdu(k, v, wcs) for k, v in images.items()], primary_header=cards)
     return kappa
 
@@ -107,6 +107,9 @@ def test_ks_and_wiener_patch_products(tmp_path, rng):
     for out, method in ((ks_out, "KS"), (wf_out, "WIENER")):
         with fits.open(out) as hdul:
             assert hdul[0].header["METHOD"] == method
+            # the patch and catalogue it was made from, as on the data
+            assert hdul[0].header["PATCHID"] == 0
+            assert hdul[0].header["CATHASH"] == IDENTITY["CATHASH"]
             kappa = hdul["KAPPA"].data
             assert kappa.shape == (NBIN, N, N) and kappa.dtype.kind == "f"
             for key in ("CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CDELT1", "CDELT2", "CTYPE1"):

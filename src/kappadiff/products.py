@@ -40,6 +40,7 @@ __all__ = [
     "image_hdu",
     "load_npy",
     "open_fits",
+    "patch_identity",
     "provenance",
     "read_healpix",
     "read_images",
@@ -529,6 +530,14 @@ def catalogue_identity(path: str | os.PathLike) -> dict[str, Any]:
             "rebuild it (e.g. snakemake --forcerun pixelise pixelise_mocks)"
         )
     return {key: header.get(key, "") for key in CATALOGUE_CARDS}
+
+
+def patch_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """The patch id (``PATCHID``) and catalogue identity of a patch product, to copy onto
+    what is made from it; the id is left out when the product has none."""
+    header = fits.getheader(path, 0)
+    cards = {"PATCHID": int(header["PATCHID"])} if "PATCHID" in header else {}
+    return {**cards, **catalogue_identity(path)}
 
 
 def check_same_catalogue(paths: Iterable[str | os.PathLike]) -> dict[str, Any]:

@@ -27,10 +27,10 @@ from .. import lensing, stats
 from ..catalogue.io import read_data_patch
 from ..products import (
     ProductError,
-    catalogue_identity,
     image_hdu,
     load_npy,
     open_fits,
+    patch_identity,
     provenance,
     read_table,
     write_fits,
@@ -327,7 +327,7 @@ def kaiser_squires_patch_file(
         METHOD="KS",
         PAD=int(lcfg["pad"]),
         SMOOTH=float(lcfg["ks_smoothing_arcmin"]),
-        **catalogue_identity(data_path),
+        **patch_identity(data_path),
     )
     write_fits(
         out_path,
@@ -393,7 +393,7 @@ def wiener_patch_file(
         METHOD="WIENER_TOMO" if tomographic else "WIENER",
         PAD=int(lcfg["pad"]),
         WFTOL=float(lcfg["wiener_tol"]),
-        **catalogue_identity(data_path),
+        **patch_identity(data_path),
     )
     for name, it, rr in zip(names, iterations, residual, strict=True):
         cards[f"WFITER{name}"] = int(it)
