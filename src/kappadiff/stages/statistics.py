@@ -181,8 +181,9 @@ def validate_statistics(
         The output of :func:`kappadiff.stats.compare_statistics`.
     """
     maps, mask = _read_maps(
-        tuned_paths, truth_paths, data_paths, ks_paths, wiener_paths, wiener_tomo_paths
-    )
+        {"tuned": tuned_paths, "truth": truth_paths, "data": data_paths, "ks": ks_paths,
+         "wiener": wiener_paths, "wiener_tomo": wiener_tomo_paths}
+    )  # fmt: skip
     v = config["validation"]
     pixel_scale = float(config["layout"]["pixel_scale_arcmin"])
     n_patch, n_bins, _, npix = maps["truth"].shape
@@ -210,27 +211,18 @@ def validate_statistics(
 
 
 def _read_maps(
-    tuned_paths: Sequence[str | os.PathLike],
-    truth_paths: Sequence[str | os.PathLike],
-    data_paths: Sequence[str | os.PathLike],
-    ks_paths: Sequence[str | os.PathLike],
-    wiener_paths: Sequence[str | os.PathLike],
-    wiener_tomo_paths: Sequence[str | os.PathLike],
+    paths: Mapping[str, Sequence[str | os.PathLike]],
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every method's maps on the mock patches (``{method: [(sample,) patch, bin, n, n]}``)
-    and the masks, checked to be of one catalogue and one shape."""
-    check_same_catalogue(
-        [*tuned_paths, *truth_paths, *data_paths, *ks_paths, *wiener_paths, *wiener_tomo_paths]
-    )
+    and the masks, from ``paths`` of the tuned run, truth, data, KS and Wiener products,
+    checked to be of one catalogue and one shape."""
+    check_same_catalogue([p for files in paths.values() for p in files])
     maps = {
-        "samples": read_samples(tuned_paths),
-        "mean": read_stack(tuned_paths, "MEAN"),
-        "wiener": read_stack(wiener_paths, "KAPPA"),
-        "wiener_tomo": read_stack(wiener_tomo_paths, "KAPPA"),
-        "ks": read_stack(ks_paths, "KAPPA"),
-        "truth": read_stack(truth_paths, "KAPPA"),
+        "samples": read_samples(paths["tuned"]),
+        "mean": read_stack(paths["tuned"], "MEAN"),
+        **{k: read_stack(paths[k], "KAPPA") for k in ("wiener", "wiener_tomo", "ks", "truth")},
     }
-    mask = read_stack(data_paths, "MASK")
+    mask = read_stack(paths["data"], "MASK")
     for name, m in maps.items():
         if m.shape[-4:] != maps["truth"].shape:
             raise ValueError(f"{name} maps have shape {m.shape}, truth {maps['truth'].shape}")
