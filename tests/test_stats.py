@@ -1,12 +1,14 @@
-"""Flat-sky summary statistics: spectra, ρ_c(ℓ), PDF and peaks."""
+"""Flat-sky summary statistics: spectra, ρ_c(ℓ), PDF and peaks, and maps against the truth."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy.stats import norm
+from validation_products import N_BINS
 
-from kappadiff import lensing, stats
+from kappadiff import lensing, plots, stats
+from kappadiff.lensing import fourier_ell
 from kappadiff.stats.spectra import _binning
 
 ROUNDOFF = 1e-12
@@ -169,3 +171,205 @@ def test_peak_counts(rng):
     noise = rng.normal(size=(n, n))
     _, counts = stats.peak_counts(noise, edges=[-100.0, 100.0])
     assert counts[0] == stats.find_peaks(noise).sum() > 0
+
+
+# Validation-sized patches: ℓ bins, the ensemble band, truth peaks, and reconstructions
+# against the truth (stats.accuracy)
+
+
+@pytest.mark.parametrize(("npix", "scale"), [(16, 16.0), (64, 4.0), (256, 1.0)])
+def test_log_ell_bins_cover_the_patch_without_empty_bins(npix, scale):
+    edges = stats.log_ell_bins(npix, scale, 10)
+    ell = fourier_ell(npix, npix, scale).ravel()
+    modes = ell[ell > 0]
+    assert np.all(np.diff(edges) > 0)
+    assert edges[0] < modes.min() and edges[-1] == pytest.approx(np.pi / (scale * np.pi / 10800))
+    counts = np.histogram(modes, bins=edges)[0]
+    assert np.all(counts > 0)
+    assert len(edges) - 1 <= 10
+
+
+def test_ensemble_power_band_is_the_scatter_of_patch_set_means(rng):
+    # per-patch C_l of a white field: chi^2-like scatter about 1 with 10 % rms
+    cl = 1.0 + 0.1 * rng.standard_normal(size=(4000, 2, 5))
+    band4 = stats.ensemble_power_band(cl, 4, n_draws=4000, seed=1)
+    band16 = stats.ensemble_power_band(cl, 16, n_draws=4000, seed=1)
+    np.testing.assert_allclose(band4["cl"], cl.mean(axis=0))
+    # 95 % of means of n: 1 +- 1.96 * 0.1 / sqrt(n) (a few % of Monte-Carlo error)
+    np.testing.assert_allclose(band4["cl_hi"] - 1.0, 1.96 * 0.05, rtol=0.1)
+    np.testing.assert_allclose(1.0 - band16["cl_lo"], 1.96 * 0.025, rtol=0.1)
+    with pytest.raises(ValueError, match="17 patches from 16 cut-outs"):
+        stats.ensemble_power_band(cl[:16], 17)
+
+
+def test_truth_peaks_are_the_highest(rng):
+    kappa = rng.normal(size=(N_BINS, 16, 16))
+    kappa[2, 5, 7] = 10.0
+    kappa[2, 11, 3] = 8.0
+    peaks = stats.truth_peaks(kappa, 2)
+    row, col, height = peaks[2]
+    np.testing.assert_array_equal(row, [5, 11])
+    np.testing.assert_array_equal(col, [7, 3])
+    np.testing.assert_array_equal(height, [10.0, 8.0])
+
+
+def test_compare_statistics_against_known_answers(rng):
+    n_patch, npix = 6, 32
+    truth = rng.normal(size=(n_patch, N_BINS, npix, npix))
+    noise = rng.normal(size=truth.shape)
+    maps = {
+        "truth": truth,
+        "mean": truth.copy(),  # a perfect reconstruction
+        "wiener": truth + 3.0 * noise,  # white noise at 9x the signal power
+        "samples": truth[None] + 0.2 * rng.normal(size=(5, *truth.shape)),
+    }
+    mask = np.ones_like(truth)
+    edges = stats.log_ell_bins(npix, 4.0, 6)
+    pdf_edges = np.tile(np.linspace(-5, 5, 21), (N_BINS, 1))
+    peak_edges = np.tile(np.linspace(-1, 5, 7), (N_BINS, 1))
+    res = stats.compare_statistics(maps, mask, 4.0, edges, pdf_edges, peak_edges)
+    # identical maps: rho = 1 to rounding, never crossing 0.5
+    np.testing.assert_allclose(res["mean"]["rho"], 1.0, atol=1e-12)
+    assert np.all(np.isnan(res["mean"]["ell_half"]))
+    # white signal + white noise of 9x its power: rho = 1/sqrt(10) = 0.32 at every ell,
+    # with scatter ~1/sqrt(modes) (~0.2 in the lowest bin of 24 modes), so it falls below
+    # 0.5 within the first bins
+    assert np.all(res["wiener"]["rho"].mean(axis=-1) < 0.45)
+    assert np.all(res["wiener"]["ell_half"] <= res["wiener"]["ell"][2])
+    # samples: C_l of truth + 4 % extra white power, cl of samples / cl of truth = 1.04, up
+    # to the truth x noise cross term: sd 2 x 0.2 / sqrt(2 x 24 modes x 6 patches x 5 samples)
+    # = 0.02 in the lowest bin; 3 sd
+    ratio = res["samples"]["cl"] / res["truth"]["cl"]
+    np.testing.assert_allclose(ratio, 1.04, atol=0.06)
+    assert np.all(res["samples"]["cl_lo"] <= res["samples"]["cl_hi"])
+    # unit-variance Gaussian PDF: density integrates to the fraction within ±5 (≈ 1)
+    integral = (res["truth"]["pdf"] * 0.5).sum(axis=-1)
+    np.testing.assert_allclose(integral, 1.0, atol=1e-3)
+    # same peaks for identical maps
+    np.testing.assert_array_equal(res["mean"]["peaks"], res["truth"]["peaks"])
+
+
+def test_ell_half_bootstrap_resamples_patches_alike_for_every_method(rng):
+    truth = rng.normal(size=(8, N_BINS, 16, 16))
+    noisy = truth + 2.0 * rng.normal(size=truth.shape)  # rho ~ 0.45, crossing 0.5 early
+    maps = {"truth": truth, "wiener": noisy, "mean": noisy.copy()}
+    pdf_edges = np.tile(np.linspace(-4, 4, 9), (N_BINS, 1))
+    peak_edges = np.tile(np.linspace(-1, 4, 6), (N_BINS, 1))
+    args = (np.ones_like(truth), 4.0, stats.log_ell_bins(16, 4.0, 4), pdf_edges, peak_edges)
+    res = stats.compare_statistics(maps, *args, n_bootstrap=50, seed=3)
+    boot_w, boot_m = res["wiener"]["ell_half_boot"], res["mean"]["ell_half_boot"]
+    assert boot_w.shape == (50, N_BINS)
+    # the same patch draws for every method: identical maps give identical resamplings
+    np.testing.assert_array_equal(boot_m, boot_w)
+    # and the draws do resample: 8 noisy patches do not give one ell_half 50 times
+    assert np.all(np.nanstd(boot_w, axis=0) > 0)
+    # 8 copies of one patch: every resampling is the whole set, so no scatter
+    same = {k: np.repeat(v[:1], 8, axis=0) for k, v in maps.items()}
+    res = stats.compare_statistics(same, *args, n_bootstrap=20, seed=3)
+    np.testing.assert_allclose(
+        res["wiener"]["ell_half_boot"], np.broadcast_to(res["wiener"]["ell_half"], (20, N_BINS))
+    )
+
+
+def test_compare_statistics_uses_observed_pixels_only(rng):
+    truth = rng.normal(size=(1, N_BINS, 16, 16))
+    ks = truth.copy()
+    ks[..., :8, :] = 0.0  # zero-filled masked half, as Kaiser-Squires leaves it
+    mask = np.ones_like(truth)
+    mask[..., :8, :] = 0
+    pdf_edges = np.tile(np.linspace(-4, 4, 9), (N_BINS, 1))
+    peak_edges = np.tile(np.linspace(-1, 4, 6), (N_BINS, 1))
+    res = stats.compare_statistics(
+        {"truth": truth, "ks": ks},
+        mask,
+        16.0,
+        stats.log_ell_bins(16, 16.0, 4),
+        pdf_edges,
+        peak_edges,
+    )
+    np.testing.assert_array_equal(res["ks"]["pdf"], res["truth"]["pdf"])
+    np.testing.assert_array_equal(res["ks"]["peaks"], res["truth"]["peaks"])
+    # spectra of the observed pixels: a map equal to the truth where observed has rho = 1
+    # and the truth's C_l, whatever it holds in the masked half (whole-patch spectra would
+    # give rho ~ 0.7 here: half the truth's power is in the masked half)
+    np.testing.assert_allclose(res["ks"]["rho"], 1.0, atol=1e-12)
+    np.testing.assert_allclose(res["ks"]["cl"], res["truth"]["cl"], rtol=1e-12)
+    noisy = truth + np.where(mask == 0, 5.0 * rng.normal(size=truth.shape), 0.0)
+    res = stats.compare_statistics(
+        {"truth": truth, "prior": noisy},
+        mask,
+        16.0,
+        stats.log_ell_bins(16, 16.0, 4),
+        pdf_edges,
+        peak_edges,
+    )
+    np.testing.assert_allclose(res["prior"]["rho"], 1.0, atol=1e-12)
+
+
+def test_mean_rho_is_of_observed_pixels_and_ignores_amplitude(rng):
+    npix, scale = 16, 16.0
+    edges = stats.log_ell_bins(npix, scale, 6)
+    mu = rng.normal(0.0, 2.0, size=(6, N_BINS, npix, npix))
+    truth = mu + rng.normal(size=mu.shape)
+    exact = stats.mean_rho(truth, truth, np.ones_like(truth), scale, edges)
+    np.testing.assert_allclose(exact, 1.0, atol=1e-12)
+    # amplitude does not count (the calibration test constrains it); noise does:
+    # white maps, rho = 4 / sqrt(4 * 5) ≈ 0.894 for the mean mu of a truth mu + n
+    shrunk = stats.mean_rho(0.3 * mu, truth, np.ones_like(truth), scale, edges)
+    np.testing.assert_allclose(shrunk, stats.mean_rho(mu, truth, np.ones_like(truth), scale, edges))
+    assert shrunk.shape == (N_BINS + 1,)
+    assert np.all(np.abs(shrunk - 0.894) < 0.05)  # ~1500 modes a bin: sd of rho ≈ 0.01
+    np.testing.assert_allclose(shrunk[0], shrunk[1:].mean())
+    # anything in masked pixels is not measured
+    mask = np.ones_like(truth)
+    mask[..., :, : npix // 2] = 0.0
+    garbage = np.where(mask > 0, mu, 1e3 * rng.normal(size=mu.shape))
+    np.testing.assert_allclose(
+        stats.mean_rho(garbage, truth, mask, scale, edges),
+        stats.mean_rho(mu, truth, mask, scale, edges),
+    )
+
+
+def test_power_ratio_and_error_of_rescaled_truths(rng):
+    """Samples that are the truth times a have a² of its power at every ℓ: error |a² − 1|."""
+    truth = rng.normal(size=(3, N_BINS, 32, 32))
+    amp = np.array([1.0, 1.1, 0.9, 1.3])[None, None, :, None, None]
+    samples = np.repeat(truth[None], 2, axis=0) * amp
+    mask = np.ones_like(truth)
+    mask[:, :, :4] = 0.0  # masked pixels count in neither
+    samples[:, :, :, :4] = 100.0
+    edges = stats.log_ell_bins(32, 4.0, 6)
+    ell, ratio = stats.power_ratio(samples, truth, mask, 4.0, edges)
+    assert ratio.shape == (N_BINS, len(ell))
+    np.testing.assert_allclose(ratio, np.broadcast_to(amp.reshape(-1, 1) ** 2, ratio.shape))
+    np.testing.assert_allclose(stats.power_error(ratio), [0.69, 0.0, 0.21, 0.19, 0.69], atol=1e-12)
+    # one ℓ bin 50 % off counts for its share of the mean only
+    ratio[0, 0] = 1.5
+    assert stats.power_error(ratio)[1] == pytest.approx(0.5 / len(ell))
+    fig = plots.calibration_panels(
+        {"tuned": (np.arange(3), np.ones((3, N_BINS)))},
+        {"tuned": {}},
+        {"tuned": (ell, ratio, stats.power_error(ratio)[0])},
+    )
+    assert len(fig.axes) == 2 and fig.axes[1].get_xscale() == "log"
+
+
+def test_compare_prior_measures_the_power_ratio(rng):
+    sims = rng.normal(size=(20, N_BINS, 16, 16))
+    edges = stats.log_ell_bins(16, 16.0, 6)
+    pdf_edges = np.tile(np.linspace(-8, 8, 11), (N_BINS, 1))
+    peak_edges = np.tile(np.linspace(-2, 8, 6), (N_BINS, 1))
+    res = stats.compare_prior(2.0 * sims, sims, 16.0, edges, pdf_edges, peak_edges)
+    # the same maps at twice the amplitude: exactly 4x the power, the same peaks per map
+    np.testing.assert_allclose(res["prior"]["cl"] / res["simulations"]["cl"], 4.0, rtol=1e-12)
+    np.testing.assert_allclose(res["prior"]["cl_err"], 4.0 * res["simulations"]["cl_err"])
+    assert res["prior"]["peaks"].sum() == pytest.approx(res["simulations"]["peaks"].sum(), rel=0.3)
+    # the simulations' C_l from separately given spectra, when there are more of them
+    more = np.full((50, N_BINS, len(res["prior"]["ell"])), 3.0)
+    res2 = stats.compare_prior(2.0 * sims, sims, 16.0, edges, pdf_edges, peak_edges, more)
+    np.testing.assert_array_equal(res2["simulations"]["cl"], 3.0)
+    np.testing.assert_array_equal(res2["simulations"]["cl_err"], 0.0)
+    np.testing.assert_array_equal(res2["prior"]["cl"], res["prior"]["cl"])
+    # a wider PDF: less density in the centre bin
+    centre = pdf_edges.shape[1] // 2 - 1
+    assert np.all(res["prior"]["pdf"][:, centre] < res["simulations"]["pdf"][:, centre])
