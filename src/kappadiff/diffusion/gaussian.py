@@ -12,6 +12,10 @@ Driving a sampler with it isolates the sampler's own error: a perfect sampler re
 with power ``P``, whatever the quality of any trained prior. Large-scale lensing modes are
 close to Gaussian, so this is also the limit a trained prior should reach on the largest
 scales of a patch.
+
+With shear data the posterior of such a field is Gaussian too, and
+:class:`GaussianPosterior` gives its exact mean and exact draws, the reference against
+which a posterior sampler driven by :class:`GaussianDenoiser` is checked.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .dps import ShearData
 from .process import Schedule
+from .split_gibbs import ExactDataStep
 
-__all__ = ["GaussianDenoiser", "draw_gaussian", "mode_covariance"]
+__all__ = ["GaussianDenoiser", "GaussianPosterior", "draw_gaussian", "mode_covariance"]
 
 
 def mode_covariance(maps: np.ndarray) -> np.ndarray:
@@ -85,3 +91,109 @@ class GaussianDenoiser(torch.nn.Module):
             x0 = torch.fft.ifft2(torch.einsum("klab,nbkl->nakl", gain, z)).real
             out[sel] = ((a * x[sel].to(torch.float64) - x0) / s).to(x.dtype)
         return out
+
+
+class GaussianPosterior:
+    """Exact posterior of the periodic Gaussian field of ``cov`` given a patch's shear.
+
+    The prior is ``x ~ N(0, P)`` with ``P`` diagonal in Fourier space (``cov``, as for
+    :class:`GaussianDenoiser`), κ is affine in ``x`` per bin (``κ = scale_b x + offset_b``)
+    and the shear ``γ = A κ + n`` with the padded flat-sky operator and per-pixel noise, as
+    in the samplers' likelihood. The posterior is Gaussian with precision
+    ``P⁻¹ + Sᵀ Aᵀ W A S`` (``S = diag(scale)``); it is solved for in the whitened variable
+    ``v`` with ``x = P^{1/2} v``, by conjugate gradients on
+    ``(I + P^{1/2} S Aᵀ W A S P^{1/2}) v = b``.
+
+    Parameters
+    ----------
+    cov
+        ``P(k)`` ``[n, n, bins, bins]`` in the network's units (:func:`mode_covariance`).
+    data
+        The patch's shear.
+    scale, offset
+        The prior normalisation, ``[bin]``.
+    pad
+        Zero padding of the κ → γ operator, pixels per side.
+    tol, max_iter
+        CG stopping rule (relative residual) and iteration cap.
+    """
+
+    def __init__(
+        self,
+        cov: np.ndarray,
+        data: ShearData,
+        scale: torch.Tensor,
+        offset: torch.Tensor,
+        pad: int = 0,
+        tol: float = 1e-8,
+        max_iter: int = 2000,
+    ) -> None:
+        cov = np.asarray(cov, dtype=np.complex128)
+        n = cov.shape[0]
+        w, v = np.linalg.eigh(cov)
+        # symmetric root of P(k)/n², so that x = ifft(root fft(v)) has covariance P for white v
+        root = (v * np.sqrt(np.clip(w, 0.0, None))[..., None, :]) @ np.conj(np.swapaxes(v, -1, -2))
+        self.root = torch.from_numpy(root / n)
+        self.op = ExactDataStep(data, scale, offset, pad)
+        self.tol, self.max_iter = float(tol), int(max_iter)
+        self.iterations = 0
+
+    def sqrt_prior(self, v: torch.Tensor) -> torch.Tensor:
+        """``P^{1/2} v`` for real ``v [..., bin, n, n]`` (float64)."""
+        f = torch.fft.fft2(v.to(torch.float64)).to(self.root.dtype)
+        return torch.fft.ifft2(torch.einsum("klab,...bkl->...akl", self.root, f)).real
+
+    def _likelihood_term(self, x: torch.Tensor) -> torch.Tensor:
+        """``S Aᵀ W A S x`` for ``x`` in network units."""
+        op = self.op
+        return op.scale * op.adjoint(op.weight * op.forward(op.scale * x))
+
+    def _solve(self, b: torch.Tensor) -> torch.Tensor:
+        def hessian(v: torch.Tensor) -> torch.Tensor:
+            return v + self.sqrt_prior(self._likelihood_term(self.sqrt_prior(v)))
+
+        dims = (-3, -2, -1)
+        v = torch.zeros_like(b)
+        r = b.clone()
+        p = r.clone()
+        rr = (r * r).sum(dim=dims, keepdim=True)
+        bnorm = rr.sqrt().clamp_min(1e-300)
+        for it in range(self.max_iter):
+            if bool(((rr.sqrt() / bnorm) <= self.tol).all()):
+                self.iterations = it
+                return self.sqrt_prior(v)
+            hp = hessian(p)
+            alpha = rr / (p * hp).sum(dim=dims, keepdim=True)
+            v = v + alpha * p
+            r = r - alpha * hp
+            rr_new = (r * r).sum(dim=dims, keepdim=True)
+            p = r + (rr_new / rr) * p
+            rr = rr_new
+        raise RuntimeError(
+            f"exact Gaussian posterior: CG did not reach {self.tol} in {self.max_iter} iterations"
+        )
+
+    def _rhs(self, gamma: torch.Tensor) -> torch.Tensor:
+        op = self.op
+        return self.sqrt_prior(op.scale * op.adjoint(op.weight * (gamma - op.forward(op.offset))))
+
+    def mean(self) -> torch.Tensor:
+        """The posterior mean of ``x``, float64 ``[bin, n, n]``."""
+        return self._solve(self._rhs(self.op.gamma))
+
+    def draws(self, n_draws: int, generator: torch.Generator) -> torch.Tensor:
+        """``n_draws`` exact posterior draws of ``x`` by perturb-and-solve, float64.
+
+        With ``ξ₁, ξ₂`` standard normal, the solution of ``H v = b + ξ₁ +
+        P^{1/2} S Aᵀ W^{1/2} ξ₂`` has the posterior's mean and covariance ``H⁻¹``.
+        """
+        op = self.op
+        shape = (n_draws, *op.gamma.shape)
+        xi1 = torch.randn(shape, generator=generator, dtype=torch.float64)
+        xi2 = torch.randn((2, *shape), generator=generator, dtype=torch.float64)
+        root_w = op.weight.sqrt()
+        perturbed = op.gamma + torch.where(
+            root_w > 0, 1.0 / root_w.clamp_min(1e-300), 0.0
+        ) * torch.complex(xi2[0], xi2[1])
+        # W (γ + W^{-1/2} ξ₂) = W γ + W^{1/2} ξ₂: the data term's perturbation
+        return self._solve(self._rhs(perturbed) + xi1)

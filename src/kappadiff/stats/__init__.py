@@ -11,6 +11,7 @@ Every function is pure (arrays in, arrays out); the stages read and write the fi
 from .accuracy import (
     compare_prior,
     compare_statistics,
+    corrected_mean_rho,
     mean_error,
     mean_rho,
     power_error,
@@ -31,6 +32,7 @@ from .spectra import (
 __all__ = [
     "compare_prior",
     "compare_statistics",
+    "corrected_mean_rho",
     "correlation_coefficient",
     "cross_spectrum_flat",
     "crossing_ell",
