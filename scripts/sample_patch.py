@@ -12,4 +12,5 @@ sample_patch(
     int(snakemake.wildcards.patch),
     threads=snakemake.threads,
     scaling_path=snakemake.input.scaling[0] if snakemake.input.scaling else None,
+    covariance_path=snakemake.input.covariance[0] if snakemake.input.covariance else None,
 )

@@ -29,6 +29,7 @@ __all__ = [
     "VERBOSE_ENV",
     "check_config",
     "config_hash",
+    "method_keys",
     "validate_config",
     "without_speed_keys",
 ]
@@ -230,6 +231,7 @@ def check_config(config: Mapping[str, Any]) -> None:
     _check_nsides(config)
     _check_skies(config["sims"])
     _check_layout(config["layout"])
+    _check_sampling(config)
     if "validation" in config:
         _check_validation(config["validation"], config["layout"])
 
@@ -276,6 +278,17 @@ def _check_layout(layout: Mapping[str, Any]) -> None:
         )
 
 
+def _check_sampling(config: Mapping[str, Any]) -> None:
+    """Split Gibbs's exact data step needs κ affine in the network's variable."""
+    normalisation = config["prior"]["normalisation"]
+    if config["sampling"]["method"] == "split_gibbs" and normalisation != "affine":
+        raise ConfigError(
+            "sampling.method = split_gibbs needs prior.normalisation = affine (its data step "
+            "is an exact Gaussian only for kappa affine in the network's variable), but "
+            f"prior.normalisation = {normalisation}"
+        )
+
+
 def _check_validation(v: Mapping[str, Any], layout: Mapping[str, Any]) -> None:
     """The ``validation`` section: the search patches, the TARP regions within a patch."""
     # the scaling search runs on some of the validation's mock patches
@@ -304,3 +317,33 @@ def config_hash(config: Mapping[str, Any]) -> str:
 def without_speed_keys(section: Mapping[str, Any]) -> dict[str, Any]:
     """A config section without its :data:`SPEED_KEYS`, for a rule's params (rerun trigger)."""
     return {k: v for k, v in section.items() if k not in SPEED_KEYS}
+
+
+#: Sampling keys that only one method reads.
+METHOD_KEYS = {
+    "dps": (
+        "n_steps",
+        "step_power",
+        "eta",
+        "scaled",
+        "t_bar",
+        "sigma_t",
+        "tuned_scaling",
+        "step",
+        "zeta",
+    ),  # fmt: skip
+    "split_gibbs": ("split_gibbs",),
+}
+
+
+def method_keys(sampling: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``sampling`` section without the keys of the method it does not use.
+
+    For DPS (the default) that leaves out ``method`` and ``split_gibbs`` too, so a run's
+    params and resume keys are those of a configuration that predates the choice.
+    """
+    method = sampling.get("method", "dps")
+    other = [k for m, keys in METHOD_KEYS.items() if m != method for k in keys]
+    if method == "dps":
+        other += ["method"]
+    return {k: v for k, v in sampling.items() if k not in other}

@@ -1,16 +1,24 @@
-# Rules of the 'posterior' stage (see docs/architecture.md): DPS posterior samples per patch.
+# Rules of the 'posterior' stage (see docs/architecture.md): posterior samples per patch
+# (sampling.method: DPS or split Gibbs).
 from kappadiff.stages import posterior as posterior_stage
 
 
 rule sample_patch:
-    """DPS posterior samples of one data patch: MEAN, STD, SAMPLES, chi2/dof, drift."""
+    """Posterior samples of one data patch: MEAN, STD, SAMPLES, chi2/dof, drift."""
     input:
         data=patch_file(f"{RESULTS}/data", "{patch}"),
         model=f"{RESULTS}/prior/model.pt",
-        # A(t) tuned on mocks by the validation stage, when sampling.tuned_scaling asks
+        # A(t) tuned on mocks by the validation stage, when DPS with sampling.tuned_scaling
         scaling=(
             [f"{RESULTS}/validation/scaling.fits"]
-            if config["sampling"]["tuned_scaling"]
+            if config["sampling"]["method"] == "dps"
+            and config["sampling"]["tuned_scaling"]
+            else []
+        ),
+        # the prior's denoiser covariance, for split Gibbs
+        covariance=(
+            [f"{RESULTS}/prior/denoiser_covariance.fits"]
+            if config["sampling"]["method"] == "split_gibbs"
             else []
         ),
     output:

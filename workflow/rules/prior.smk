@@ -35,6 +35,33 @@ rule train_prior:
         "../../scripts/train_prior.py"
 
 
+rule denoiser_covariance:
+    """The prior's denoiser error spectrum at 40 noise levels: the split-Gibbs prior step's noise."""
+    input:
+        model=f"{RESULTS}/prior/model.pt",
+        cutouts=training_cutouts(),
+    output:
+        f"{RESULTS}/prior/denoiser_covariance.fits",
+    log:
+        f"{RESULTS}/logs/denoiser_covariance.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/denoiser_covariance.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        runtime=config["sampling"]["runtime_min"],
+        mem_mb=config["sampling"]["mem_mb"],
+        gpu=1,
+    params:
+        config={
+            "seed": config["seed"],
+            "sampling": {"split_gibbs": config["sampling"]["split_gibbs"]},
+        },
+    script:
+        "../../scripts/denoiser_covariance.py"
+
+
 ALL_TARGETS.extend(
     [
         f"{RESULTS}/prior/model.pt",

@@ -50,6 +50,7 @@ __all__ = [
     "ExactDataStep",
     "SplitGibbsPlan",
     "annealing_levels",
+    "covariance_levels",
     "estimate_denoiser_covariance",
     "noise_level",
     "prior_step",
@@ -344,6 +345,20 @@ class DenoiserCovariance:
         root2d = torch.from_numpy(factor * root[_ring_index(self.npix)])  # [n, n, bin, bin]
         coloured = torch.einsum("klab,nbkl->nakl", root2d.to(f.device, f.dtype), f)
         return torch.fft.ifft2(coloured).real.to(white.dtype)
+
+
+def covariance_levels(
+    schedule: Schedule, n_levels: int = 40, rho_min: float = 0.005, rho_max: float = 30.0
+) -> list[int]:
+    """Timesteps at which to tabulate ``Γ``: ``ρ`` log-spaced over ``[rho_min, rho_max]``.
+
+    The default range holds every ρ a split-Gibbs draw visits with ``rho_start ≤ 30`` and a
+    prior step ending at ``0.1 rho_floor ≥ 0.005``; ``Γ`` varies smoothly in ``log ρ``, and
+    40 levels interpolate it to well under its Monte-Carlo error.
+    """
+    log_rho = np.log(noise_level(schedule))
+    targets = np.linspace(math.log(rho_min), math.log(rho_max), n_levels)
+    return sorted({int(np.argmin(np.abs(log_rho - v))) for v in targets})
 
 
 def estimate_denoiser_covariance(

@@ -1,15 +1,24 @@
-"""Stage ``sample_patch``: DPS posterior samples of one data patch.
+"""Stage ``sample_patch``: posterior samples of one data patch, by DPS or split Gibbs.
 
 Reads ``results/data/patch_{id}.fits`` (whose ``PATCHID`` card must be the patch id) and
 the prior checkpoint, draws ``sampling.n_samples`` posterior samples in batches of
-``sampling.batch_size`` with the prior's reverse diffusion guided by the shear likelihood
-(:mod:`kappadiff.diffusion.dps`), scaled by the caller's A(t), the TARP search's
-(``results/validation/scaling.fits``) or the configuration's
-(:class:`kappadiff.scaling.LikelihoodScaling`), and writes
+``sampling.batch_size`` with ``sampling.method``:
+
+* ``dps``: the prior's reverse diffusion guided by the shear likelihood
+  (:mod:`kappadiff.diffusion.dps`), scaled by the caller's A(t), the TARP search's
+  (``results/validation/scaling.fits``) or the configuration's
+  (:class:`kappadiff.scaling.LikelihoodScaling`);
+* ``split_gibbs``: annealed split Gibbs (:mod:`kappadiff.diffusion.split_gibbs`), an exact
+  shear step and the network's prior step with the prior's denoiser covariance
+  (``results/prior/denoiser_covariance.fits``); nothing tuned;
+
+and writes
 ``results/posterior/patch_{id}.fits``: MEAN, STD, optionally SAMPLES
 ``[sample, bin, row, col]``, CHI2 ``[sample, bin]``, the trajectory diagnostic DRIFT
-``[step, bin]`` with its timesteps TSTEPS, all with the data patch's TAN WCS; its header
-records ``PATCHID`` and the scaling (``SCALED``, ``TBARb``, ``SIGTb``).
+``[step, bin]`` with its timesteps TSTEPS (DPS: the DDIM steps; split Gibbs: the sweeps'
+levels, the drift of ``√ᾱ_t z``), all with the data patch's TAN WCS; its header records
+``PATCHID``, ``METHOD`` and the sampler's settings (DPS: the scaling ``SCALED``,
+``TBARb``, ``SIGTb``; split Gibbs: ``SWEEPS``, ``RHOSTART``, ``RHOFLOOR``, ``CGITER``).
 
 Each batch draws its noise from a generator seeded by (config seed, patch id, first sample
 index, batch size), so a rerun reproduces the samples bit for bit on CPU. Finished batches
@@ -36,11 +45,17 @@ import torch
 from astropy.io import fits
 
 from ..catalogue.io import read_data_patch
-from ..config import without_speed_keys
+from ..config import method_keys, without_speed_keys
 from ..diffusion.checkpoint import Prior, load_prior
 from ..diffusion.dps import ShearData, TrajectoryDiagnostic, chi2, dps_guidance, shear_data
 from ..diffusion.sampler import Guidance, ddim_sample, timestep_sequence
 from ..diffusion.speed import Speedups, prepare_network
+from ..diffusion.split_gibbs import (
+    DenoiserCovariance,
+    ExactDataStep,
+    SplitGibbsPlan,
+    split_gibbs_sample,
+)
 from ..products import (
     ProductError,
     atomic_output,
@@ -49,6 +64,7 @@ from ..products import (
     image_hdu,
     load_npy,
     provenance,
+    read_images,
     write_fits,
 )
 from ..scaling import LikelihoodScaling, read_scaling
@@ -75,8 +91,14 @@ def sampling_params(config: Mapping[str, Any]) -> dict[str, Any]:
     The patch list is left out, so that adding a patch does not rerun the others, and so are
     the GPU speed switches (:data:`kappadiff.config.SPEED_KEYS`), which change no sample.
     """
-    sampling = {k: v for k, v in without_speed_keys(config["sampling"]).items() if k != "patches"}
+    section = method_keys(without_speed_keys(config["sampling"]))
+    sampling = {k: v for k, v in section.items() if k != "patches"}
     return {"seed": config["seed"], "sampling": sampling}
+
+
+def _method(sampling: Mapping[str, Any]) -> str:
+    """``sampling.method`` (DPS where a section predates the choice)."""
+    return str(sampling.get("method", "dps"))
 
 
 def _device(name: str) -> torch.device:
@@ -109,7 +131,11 @@ def _resume_key(
     scaling file or the caller.
     """
     # the GPU speed switches change no draw either (kappadiff.config.SPEED_KEYS)
-    draws = {k: v for k, v in without_speed_keys(sampling).items() if k not in NOT_IN_RESUME_KEY}
+    draws = {
+        k: v
+        for k, v in method_keys(without_speed_keys(sampling)).items()
+        if k not in NOT_IN_RESUME_KEY
+    }
     key = {"data": data_hash, "model": model_hash, "seed": seed, "patch": patch_id}
     return json.dumps({**key, "sampling": draws}, sort_keys=True, default=str)
 
@@ -206,21 +232,37 @@ def _samples_hdu(samples: np.ndarray, wcs: fits.Header, storage: str) -> fits.Im
 
 
 @dataclass(frozen=True)
+class _SplitGibbs:
+    """What split-Gibbs draws of a patch share besides the network: plan, Γ, data step."""
+
+    plan: SplitGibbsPlan
+    covariance: DenoiserCovariance
+    data_step: ExactDataStep
+
+
+@dataclass(frozen=True)
 class _Problem:
-    """What every batch of a patch's draws shares: data, prior, network, steps and guidance."""
+    """What every batch of a patch's draws shares: data, prior, network, steps and the
+    method's parts (DPS: the guidance; split Gibbs: :class:`_SplitGibbs`)."""
 
     data: ShearData
     wcs: fits.Header
     prior: Prior
     network: torch.nn.Module
     steps: list[int]
-    guidance: Guidance
+    guidance: Guidance | None
     device: torch.device
+    split_gibbs: _SplitGibbs | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         """``(n_bins, npix)`` of the patch."""
         return self.data.g1.shape[0], self.data.g1.shape[-1]
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample."""
+        return self.split_gibbs.plan.nfe if self.split_gibbs else len(self.steps)
 
 
 def _resolve_scaling(
@@ -257,13 +299,49 @@ def _check_patch_id(data_path: str | os.PathLike, patch_id: int) -> None:
         )
 
 
+def read_denoiser_covariance(path: str | os.PathLike, npix: int) -> DenoiserCovariance:
+    """The prior's denoiser covariance (``results/prior/denoiser_covariance.fits``)."""
+    images, header = read_images(path, ["RHO", "GAMMA"])
+    if int(header["NPIX"]) != npix:
+        raise ProductError(
+            f"{path}: covariance of {header['NPIX']}^2 maps, but the prior's are {npix}^2"
+        )
+    return DenoiserCovariance(images["RHO"], images["GAMMA"], npix)
+
+
+def _split_gibbs_parts(
+    data: ShearData, prior: Prior, sampling: Mapping[str, Any], covariance_path: str | os.PathLike
+) -> _SplitGibbs:
+    """The split-Gibbs plan, the prior's Γ and the patch's exact data step."""
+    g = sampling["split_gibbs"]
+    if prior.normalisation.kind != "affine":
+        raise ProductError(
+            f"sampling.method = split_gibbs needs a prior with the affine normalisation, "
+            f"this one has {prior.normalisation.kind!r}"
+        )
+    plan = SplitGibbsPlan.make(
+        prior.schedule, int(g["sweeps"]), float(g["rho_start"]), float(g["rho_floor"]),
+        int(g["prior_steps"]),
+    )  # fmt: skip
+    step = ExactDataStep(
+        data,
+        prior.normalisation.std,
+        prior.normalisation.mean,
+        pad=int(sampling["shear_pad"]),
+        tol=float(g["cg_tol"]),
+        max_iter=int(g["cg_max_iter"]),
+    )
+    return _SplitGibbs(plan, read_denoiser_covariance(covariance_path, prior.npix), step)
+
+
 def _load_problem(
     data_path: str | os.PathLike,
     model_path: str | os.PathLike,
     sampling: Mapping[str, Any],
     scaling: LikelihoodScaling,
+    covariance_path: str | os.PathLike | None = None,
 ) -> _Problem:
-    """Read the data patch and the prior, check that they fit, and build the guidance."""
+    """Read the data patch and the prior, check that they fit, and build the sampler."""
     device = _device(sampling["device"])
     arrays, wcs = read_data_patch(data_path)
     data = shear_data(
@@ -282,6 +360,14 @@ def _load_problem(
             f"{data_path}: {n_bins} bins of {npix} x {npix} pixels, but the prior {model_path} "
             f"models {n_channels} bins of {prior.npix} x {prior.npix}"
         )
+    speedups = Speedups.from_config(sampling)
+    network = prepare_network(prior.model, device, sampling["precision"], speedups)
+    if _method(sampling) == "split_gibbs":
+        if covariance_path is None:
+            raise ValueError("sampling.method = split_gibbs needs the denoiser covariance file")
+        parts = _split_gibbs_parts(data, prior, sampling, covariance_path)
+        steps = list(parts.plan.levels)
+        return _Problem(data, wcs, prior, network, steps, None, device, parts)
     steps = timestep_sequence(int(prior.schedule.T), sampling["n_steps"], sampling["step_power"])
     guidance = dps_guidance(
         data,
@@ -293,8 +379,6 @@ def _load_problem(
         zeta=sampling["zeta"],
         pad=sampling["shear_pad"],
     )
-    speedups = Speedups.from_config(sampling)
-    network = prepare_network(prior.model, device, sampling["precision"], speedups)
     return _Problem(data, wcs, prior, network, steps, guidance, device)
 
 
@@ -306,6 +390,8 @@ def _sampling_in_effect(
     The scaling may come from a file or the caller rather than the config, and only its
     per-bin values change a draw, so those are what the resume key records.
     """
+    if _method(sampling) != "dps":
+        return dict(sampling)
     draws = {k: v for k, v in sampling.items() if k not in ("scaled", "t_bar", "sigma_t")}
     draws["scaled"] = scaling.scaled
     if scaling.scaled:
@@ -320,8 +406,36 @@ def _draw_batch(
     """κ ``[size, bin, row, col]``, χ² ``[size, bin]`` and drift ``[step, size, bin]``."""
     n_bins, npix = problem.shape
     generator = torch.Generator(device=problem.device).manual_seed(seed)
-    diagnostic = TrajectoryDiagnostic(problem.prior.schedule.alphas_cumprod)
-    x = ddim_sample(
+    abar = problem.prior.schedule.alphas_cumprod
+    diagnostic = TrajectoryDiagnostic(abar)
+    if problem.split_gibbs is not None:
+        parts = problem.split_gibbs
+
+        def record(i: int, t: int, z: torch.Tensor, x: torch.Tensor) -> None:
+            diagnostic(i, t, float(abar[t]) ** 0.5 * z, x)  # z at level t, as x_t = √ᾱ_t z
+
+        x = split_gibbs_sample(
+            problem.network, problem.prior.schedule, parts.covariance, parts.data_step,
+            (size, n_bins, npix, npix), parts.plan, generator, callback=record,
+        )  # fmt: skip
+    else:
+        x = _dps_batch(problem, size, eta, generator, diagnostic)
+    with torch.no_grad():
+        kappa = problem.prior.to_kappa(x.float())
+        c2 = chi2(kappa, problem.data, pad=pad)
+    return kappa, c2, diagnostic.drift()
+
+
+def _dps_batch(
+    problem: _Problem,
+    size: int,
+    eta: float,
+    generator: torch.Generator,
+    diagnostic: TrajectoryDiagnostic,
+) -> torch.Tensor:
+    """One batch of DPS draws ``x``."""
+    n_bins, npix = problem.shape
+    return ddim_sample(
         problem.network,
         problem.prior.schedule,
         (size, n_bins, npix, npix),
@@ -331,10 +445,6 @@ def _draw_batch(
         guidance=problem.guidance,
         callback=diagnostic,
     )
-    with torch.no_grad():
-        kappa = problem.prior.to_kappa(x.float())
-        c2 = chi2(kappa, problem.data, pad=pad)
-    return kappa, c2, diagnostic.drift()
 
 
 def _draw_samples(
@@ -351,11 +461,12 @@ def _draw_samples(
     if sampling["checkpoint_batches"]:
         done, n_resumed = _load_partial(partial, key, plan)
     log.info(
-        "patch %d: %d samples in batches of %d, %d steps (NFE), device %s, %s",
+        "patch %d: %s, %d samples in batches of %d, %d network evaluations (NFE), device %s, %s",
         patch_id,
+        _method(sampling),
         int(sampling["n_samples"]),
         int(sampling["batch_size"]),
-        len(problem.steps),
+        problem.nfe,
         problem.device,
         sampling["precision"],
     )
@@ -413,19 +524,35 @@ def _product_cards(
     n_bins, _ = problem.shape
     cards: dict[str, Any] = {
         "PATCHID": int(patch_id),
+        "METHOD": _method(sampling),
         "NSAMPLE": int(sampling["n_samples"]),
-        "NFE": len(problem.steps),
+        "NFE": problem.nfe,
         "NSTEPT": int(problem.prior.schedule.T),
-        "STEPPOW": float(sampling["step_power"]),
-        "ETA": float(sampling["eta"]),
-        **scaling.cards(n_bins),
-        "STEPFORM": sampling["step"],
-        "PRECISN": sampling["precision"],
-        "SHPAD": int(sampling["shear_pad"]),
-        "RUNTIME": round(runtime, 2),
-        "DEVICE": problem.device.type,
-        "ZETA": float(sampling["zeta"]),
     }
+    if problem.split_gibbs is not None:
+        g, step = sampling["split_gibbs"], problem.split_gibbs.data_step
+        cards.update(
+            SWEEPS=int(g["sweeps"]),
+            RHOSTART=float(g["rho_start"]),
+            RHOFLOOR=float(g["rho_floor"]),
+            PRSTEPS=int(g["prior_steps"]),
+            CGTOL=float(g["cg_tol"]),
+            CGITER=round(float(np.mean(step.iterations)), 2),
+        )
+    else:
+        cards.update(
+            STEPPOW=float(sampling["step_power"]),
+            ETA=float(sampling["eta"]),
+            **scaling.cards(n_bins),
+            STEPFORM=sampling["step"],
+            ZETA=float(sampling["zeta"]),
+        )
+    cards.update(
+        PRECISN=sampling["precision"],
+        SHPAD=int(sampling["shear_pad"]),
+        RUNTIME=round(runtime, 2),
+        DEVICE=problem.device.type,
+    )
     for b in range(n_bins):
         cards[f"CHI2DOF{b + 1}"] = float(chi2_dof[:, b].mean())
     return cards
@@ -460,8 +587,9 @@ def sample_patch(
     threads: int = 1,
     scaling_path: str | os.PathLike | None = None,
     scaling: LikelihoodScaling | None = None,
+    covariance_path: str | os.PathLike | None = None,
 ) -> Path:
-    """Draw DPS posterior samples of one data patch and write the posterior product.
+    """Draw posterior samples of one data patch and write the posterior product.
 
     Parameters
     ----------
@@ -484,6 +612,8 @@ def sample_patch(
     scaling
         The likelihood scaling to sample with, in place of the configuration's (a
         validation run on the mocks).
+    covariance_path
+        ``results/prior/denoiser_covariance.fits``, for ``sampling.method: split_gibbs``.
 
     Returns
     -------
@@ -510,7 +640,7 @@ def sample_patch(
     )
     scaling = _resolve_scaling(s, scaling, scaling_path)
     _check_patch_id(data_path, patch_id)
-    problem = _load_problem(data_path, model_path, s, scaling)
+    problem = _load_problem(data_path, model_path, s, scaling, covariance_path)
     output_path = Path(output_path)
     partial = output_path.with_name(output_path.name + ".partial.npz")
     in_effect = _sampling_in_effect(s, scaling, problem.shape[0])

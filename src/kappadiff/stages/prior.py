@@ -44,6 +44,7 @@ from ..diffusion.data import (
 from ..diffusion.process import make_schedule
 from ..diffusion.sampler import ddim_sample, timestep_sequence
 from ..diffusion.speed import Speedups
+from ..diffusion.split_gibbs import covariance_levels, estimate_denoiser_covariance
 from ..diffusion.train import (
     TrainSettings,
     TrainState,
@@ -440,3 +441,54 @@ def draw_tarp_references(
     header = provenance(config, seed=seed, model_hash=prior.hash or None, NFE=nfe)
     log.info("%d prior reference maps, %d steps", len(kappa), nfe)
     return write_fits(output_path, [image_hdu("KAPPA", kappa)], primary_header=header)
+
+
+# --------------------------------------------------------------------------------------
+# the denoiser covariance of the split-Gibbs prior step
+
+
+def measure_denoiser_covariance(
+    model_path: str | os.PathLike,
+    cutout_paths: Sequence[str | os.PathLike],
+    output_path: str | os.PathLike,
+    config: Mapping[str, Any],
+    threads: int = 1,
+) -> Path:
+    """The prior's denoiser covariance ``Γ(ρ)``, the noise of the split-Gibbs prior step.
+
+    Noises ``sampling.split_gibbs.covariance_maps`` training cut-outs (spread evenly over
+    the files) at 40 levels (:func:`kappadiff.diffusion.split_gibbs.covariance_levels`) and
+    writes the network's error spectrum per Fourier ring
+    (:func:`kappadiff.diffusion.split_gibbs.estimate_denoiser_covariance`): HDU RHO
+    ``[level]`` and GAMMA ``[level, ring, bin, bin]``, header NPIX and NMAPS.
+    """
+    torch.set_num_threads(max(1, int(threads)))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    prior = load_prior(model_path, device)
+    prior.model.eval()
+    files = open_cutouts(cutout_paths, prior.npix)
+    index = [(f, i) for f, a in enumerate(files) for i in range(len(a))]
+    n_maps = min(int(config["sampling"]["split_gibbs"]["covariance_maps"]), len(index))
+    pick = np.linspace(0, len(index) - 1, n_maps).round().astype(int)
+    kappa = np.stack([np.asarray(files[index[j][0]][index[j][1]]) for j in pick])
+    maps = prior.from_kappa(torch.from_numpy(kappa))
+    seed = derive_seed(config["seed"], "denoiser_covariance")
+    levels = covariance_levels(prior.schedule)
+    log.info("denoiser covariance: %d cut-outs at %d noise levels", n_maps, len(levels))
+
+    def progress(done: int, total: int) -> None:
+        log.info("noise level %d of %d measured", done, total)
+
+    covariance = estimate_denoiser_covariance(
+        prior.model,
+        prior.schedule,
+        maps,
+        levels,
+        torch.Generator(device=device).manual_seed(seed),
+        progress=progress,
+    )
+    header = provenance(
+        config, seed=seed, model_hash=prior.hash or None, NPIX=prior.npix, NMAPS=n_maps
+    )
+    hdus = [image_hdu("RHO", covariance.rho), image_hdu("GAMMA", covariance.rings)]
+    return write_fits(output_path, hdus, primary_header=header)
