@@ -5,9 +5,8 @@ setup_logging(snakemake.log[0])
 from kappadiff.stages.scaling_search import calibration_figure  # noqa: E402
 
 calibration_figure(
-    snakemake.params.run_paths["tuned"],
-    snakemake.params.run_paths["unscaled"],
-    snakemake.input.scaling,
+    snakemake.params.run_paths,
+    snakemake.input.scaling[0] if snakemake.input.scaling else None,
     snakemake.input.truth,
     snakemake.input.data,
     snakemake.input.references,

@@ -14,4 +14,5 @@ sample_mock(
     scaling_path=snakemake.input.get("scaling"),
     candidate_paths=snakemake.input.get("candidates", []),
     threads=snakemake.threads,
+    covariance_path=snakemake.input.get("covariance"),
 )

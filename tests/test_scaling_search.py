@@ -81,7 +81,8 @@ def test_search_scaling_picks_the_calibrated_run_and_the_tuned_figure(tmp_path, 
     # the tuned run is the chosen candidate: figure 1 and its table
     fig = tmp_path / "fig1.png"
     scaling_search.calibration_figure(
-        paths["t500_s20"], paths["unscaled"], out, truth_paths, data_paths, ref_path,
+        {"tuned": paths["t500_s20"], "unscaled": paths["unscaled"]}, out, truth_paths,
+        data_paths, ref_path,
         tmp_path / "tarp_coverage.fits", fig, config,
     )  # fmt: skip
     assert fig.stat().st_size > 10_000

@@ -280,8 +280,8 @@ def _check_layout(layout: Mapping[str, Any]) -> None:
 
 def _check_sampling(config: Mapping[str, Any]) -> None:
     """Split Gibbs's exact data step needs κ affine in the network's variable."""
-    normalisation = config["prior"]["normalisation"]
-    if config["sampling"]["method"] == "split_gibbs" and normalisation != "affine":
+    normalisation = config.get("prior", {}).get("normalisation", "affine")
+    if config.get("sampling", {}).get("method") == "split_gibbs" and normalisation != "affine":
         raise ConfigError(
             "sampling.method = split_gibbs needs prior.normalisation = affine (its data step "
             "is an exact Gaussian only for kappa affine in the network's variable), but "

@@ -1,4 +1,5 @@
-# Rules of the likelihood-scaling search (see docs/architecture.md): DPS runs on mock
+# Rules of the likelihood-scaling search (see docs/architecture.md), and the validation
+# runs of either sampler on the mocks (split Gibbs needs no search): DPS runs on mock
 # patches with known truth for every candidate scaling, the prior's TARP references, the TARP
 # search that writes the chosen (t_bar, sigma_t) to results/validation/scaling.fits (read
 # by the data sampling rule), and figure 1.
@@ -28,7 +29,7 @@ rule validate_sample:
     params:
         run=checked_run,
         # only what the sampler reads: a new grid candidate runs only its own runs
-        config=sample_mock_params(config),
+        config=lambda wildcards: sample_mock_params(config, wildcards.run),
     script:
         "../../scripts/validate_sample.py"
 
@@ -84,12 +85,13 @@ rule tarp_search:
 
 
 rule validate_calibration:
-    """Figure 1: trajectory diagnostic and TARP coverage of tuned and unscaled DPS."""
+    """Figure 1: trajectory diagnostic and TARP coverage of tuned and unscaled DPS, or of
+    split Gibbs on every mock patch."""
     input:
-        runs=run_files(TUNED) + run_files(UNSCALED),
-        scaling=f"{VALIDATION}/scaling.fits",
-        truth=validation_truth_files(),
-        data=validation_data_files(),
+        runs=[f for files in calibration_runs().values() for f in files],
+        scaling=[f"{VALIDATION}/scaling.fits"] if dps_validation() else [],
+        truth=validation_truth_files(calibration_patches()),
+        data=validation_data_files(calibration_patches()),
         references=f"{VALIDATION}/tarp_references.fits",
     output:
         coverage=f"{VALIDATION}/tarp_coverage.fits",
@@ -109,17 +111,15 @@ rule validate_calibration:
         runtime=15,
         mem_mb=2000,
     params:
-        run_paths=run_file_map([TUNED, UNSCALED]),
+        run_paths=calibration_runs(),
         config=validation_params(),
     script:
         "../../scripts/validate_calibration.py"
 
 
+# the A(t) search only where DPS is the sampler (a target by name otherwise)
+if dps_validation():
+    ALL_TARGETS.extend([f"{VALIDATION}/scaling.fits", f"{VALIDATION}/tarp_search.fits"])
 ALL_TARGETS.extend(
-    [
-        f"{VALIDATION}/scaling.fits",
-        f"{VALIDATION}/tarp_search.fits",
-        f"{VALIDATION}/tarp_coverage.fits",
-        f"{VALIDATION}/fig1_calibration.png",
-    ]
+    [f"{VALIDATION}/tarp_coverage.fits", f"{VALIDATION}/fig1_calibration.png"]
 )

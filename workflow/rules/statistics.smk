@@ -1,6 +1,6 @@
 # Rules of the validation statistics (see docs/validation.md): the prior against the
-# simulations (figure 0) and the tuned posterior, Wiener, KS and the truth on the mocks
-# (tables and figure 2).
+# simulations (figure 0) and the posterior (tuned DPS or split Gibbs), Wiener, KS and the
+# truth on the mocks (tables and figure 2).
 
 
 rule prior_statistics:
@@ -35,7 +35,7 @@ rule prior_statistics:
 rule validate_statistics:
     """Figure 2 and tables: C_ell, rho_c(ell), ell_0.5, PDF and peaks against the truth."""
     input:
-        tuned=run_files(TUNED, mock_patch_ids()),
+        tuned=run_files(posterior_run(), mock_patch_ids()),
         truth=validation_truth_files(mock_patch_ids()),
         data=validation_data_files(mock_patch_ids()),
         ks=validation_baseline_files("ks", mock_patch_ids()),

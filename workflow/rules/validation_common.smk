@@ -1,15 +1,27 @@
 # Helpers of the validation rules (scaling_search.smk, statistics.smk, figures.smk): run
 # names, the candidate grid, input lists and the config subset the products depend on.
 from kappadiff.scaling import UNSCALED_RUN, grid_runs
+from kappadiff.stages.scaling_search import SPLIT_GIBBS_RUN
 
 VALIDATION = f"{RESULTS}/validation"
 MOCKS = f"{RESULTS}/mocks"
 UNSCALED = UNSCALED_RUN
 TUNED = "tuned"
+SPLIT_GIBBS = SPLIT_GIBBS_RUN
 
 
 wildcard_constraints:
-    run=r"unscaled|tuned|t[-+.0-9e]+_s[-+.0-9e]+",
+    run=r"unscaled|tuned|split_gibbs|t[-+.0-9e]+_s[-+.0-9e]+",
+
+
+def dps_validation():
+    """Whether the posterior is DPS, validated through the A(t) search; else split Gibbs."""
+    return config["sampling"]["method"] == "dps"
+
+
+def posterior_run():
+    """The validation run of the configured sampler: tuned DPS, or split Gibbs."""
+    return TUNED if dps_validation() else SPLIT_GIBBS
 
 
 def mock_patch_ids():
@@ -35,8 +47,8 @@ def search_runs():
 
 
 def checked_run(wildcards):
-    """The {run} wildcard, if it is the tuned run or one the search evaluates."""
-    if wildcards.run != TUNED and wildcards.run not in search_runs():
+    """The {run} wildcard, if it is the tuned run, split Gibbs or one the search evaluates."""
+    if wildcards.run not in (TUNED, SPLIT_GIBBS) and wildcards.run not in search_runs():
         raise ValueError(
             f"validation run '{wildcards.run}' is not in the grid validation.t_bar x "
             f"validation.sigma_t ({sorted(search_runs())})"
@@ -57,8 +69,23 @@ def run_file_map(runs):
     return {run: run_files(run) for run in runs}
 
 
+def calibration_patches():
+    """Mock patches of figure 1: the search's (DPS), or every mock patch (split Gibbs)."""
+    return None if dps_validation() else mock_patch_ids()
+
+
+def calibration_runs():
+    """{run: products} of figure 1: tuned and unscaled DPS, or split Gibbs."""
+    if dps_validation():
+        return run_file_map([TUNED, UNSCALED])
+    return {SPLIT_GIBBS: run_files(SPLIT_GIBBS, calibration_patches())}
+
+
 def tuned_run_inputs(wildcards):
-    """The tuned run needs the chosen scaling and, to reuse a run, the grid runs of its patch."""
+    """The tuned run needs the chosen scaling and, to reuse a run, the grid runs of its patch;
+    the split-Gibbs run the prior's denoiser covariance."""
+    if wildcards.run == SPLIT_GIBBS:
+        return {"covariance": f"{RESULTS}/prior/denoiser_covariance.fits"}
     if wildcards.run != TUNED:
         return {}
     searched = wildcards.patch in search_patch_ids()

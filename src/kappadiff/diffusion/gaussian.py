@@ -175,7 +175,8 @@ class GaussianPosterior:
 
     def _rhs(self, gamma: torch.Tensor) -> torch.Tensor:
         op = self.op
-        return self.sqrt_prior(op.scale * op.adjoint(op.weight * (gamma - op.forward(op.offset))))
+        shear_of_offset = op.forward(op.offset.expand(op.gamma.shape))
+        return self.sqrt_prior(op.scale * op.adjoint(op.weight * (gamma - shear_of_offset)))
 
     def mean(self) -> torch.Tensor:
         """The posterior mean of ``x``, float64 ``[bin, n, n]``."""

@@ -270,7 +270,10 @@ def _resolve_scaling(
     scaling: LikelihoodScaling | None,
     scaling_path: str | os.PathLike | None,
 ) -> LikelihoodScaling:
-    """The run's A(t): ``scaling``, else the one in ``scaling_path``, else the config's."""
+    """The run's A(t): ``scaling``, else the one in ``scaling_path``, else the config's
+    (none for split Gibbs)."""
+    if _method(sampling) != "dps":
+        return LikelihoodScaling()
     if scaling is not None:
         return scaling
     if scaling_path is None:
@@ -613,8 +616,7 @@ def sample_patch(
         The likelihood scaling to sample with, in place of the configuration's (a
         validation run on the mocks).
     covariance_path
-        ``results/prior/denoiser_covariance.fits``, for ``sampling.method: split_gibbs``.
-
+        ``results/prior/denoiser_covariance.fits`` (``sampling.method: split_gibbs``).
     Returns
     -------
     Path
@@ -623,7 +625,7 @@ def sample_patch(
     Raises
     ------
     ValueError
-        If both ``scaling`` and ``scaling_path`` are given.
+        If both ``scaling`` and ``scaling_path`` are given, or split Gibbs lacks its file.
     ProductError
         If the data file is not patch ``patch_id``'s, or descends from another catalogue
         than ``scaling_path``, or does not fit the prior.
@@ -633,8 +635,7 @@ def sample_patch(
     t_start = time.perf_counter()
     torch.set_num_threads(max(1, int(threads)))
     s = config["sampling"]
-    # the catalogue the data descend from; a scaling tuned on another catalogue's mocks
-    # is refused
+    # the data's catalogue; a scaling tuned on another catalogue's mocks is refused
     identity = check_same_catalogue(
         [data_path] if scaling_path is None else [data_path, scaling_path]
     )
@@ -648,7 +649,6 @@ def sample_patch(
         file_hash(data_path), problem.prior.hash, config["seed"], int(patch_id), in_effect
     )
     done = _draw_samples(problem, s, config["seed"], patch_id, partial, key)
-
     maps = _summaries(done, problem.data.dof.cpu().numpy())
     cards = _product_cards(
         s, scaling, patch_id, problem, maps["CHI2"], time.perf_counter() - t_start

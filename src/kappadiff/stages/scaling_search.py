@@ -65,7 +65,16 @@ log = logging.getLogger(__name__)
 REFERENCE_KINDS = ("prior", "random")
 
 
-def sample_mock_params(config: Mapping[str, Any]) -> dict[str, Any]:
+#: The validation run of ``sampling.method: split_gibbs`` (untuned, no A(t)).
+SPLIT_GIBBS_RUN = "split_gibbs"
+
+
+def _run_method(run: str | None) -> str:
+    """The sampler of a validation run: split Gibbs for :data:`SPLIT_GIBBS_RUN`, else DPS."""
+    return "split_gibbs" if run == SPLIT_GIBBS_RUN else "dps"
+
+
+def sample_mock_params(config: Mapping[str, Any], run: str | None = None) -> dict[str, Any]:
     """The configuration a validation run's samples depend on (its Snakemake params).
 
     The seed, ``sampling`` without its patch list (:func:`.posterior.sampling_params`), and
@@ -73,15 +82,31 @@ def sample_mock_params(config: Mapping[str, Any]) -> dict[str, Any]:
     place of the data's. Everything :func:`sample_mock` reads, and nothing else: the scaling
     grid, the TARP and statistics settings and the patch lists stay out, so that adding a
     grid candidate runs only its own runs. (A new mock patch still reruns every run: the one
-    ``pixelise`` job rewrites every data patch.)
+    ``pixelise`` job rewrites every data patch.) The sampling keys are those of the run's
+    method (``run``: :data:`SPLIT_GIBBS_RUN` is split Gibbs, every other run DPS).
     """
     from .posterior import sampling_params  # torch-heavy: the Snakefile imports this module
 
     v = config["validation"]
+    method = {**config["sampling"], "method": _run_method(run)}
     return {
-        **sampling_params(config),
+        **sampling_params({**config, "sampling": method}),
         "validation": {"n_samples": v["n_samples"], "n_steps": v["n_steps"]},
     }
+
+
+def _mock_config(config: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """``config`` with the validation's sample count and NFE, samples kept, and ``method``."""
+    cfg = copy.deepcopy(dict(config))
+    v = config["validation"]
+    cfg["sampling"] = {
+        **cfg["sampling"],
+        "n_samples": int(v["n_samples"]),
+        "n_steps": int(v["n_steps"]),
+        "save_samples": "float32",
+        "method": method,
+    }
+    return cfg
 
 
 def sample_mock(
@@ -94,6 +119,7 @@ def sample_mock(
     scaling_path: str | os.PathLike | None = None,
     candidate_paths: Sequence[str | os.PathLike] = (),
     threads: int = 1,
+    covariance_path: str | os.PathLike | None = None,
 ) -> Path:
     """Posterior samples of a mock patch for one validation run.
 
@@ -107,7 +133,8 @@ def sample_mock(
         saved (TARP needs them).
     run
         The run's name: ``unscaled`` or a grid candidate ``t{t̄}_s{σ_t}``
-        (:meth:`kappadiff.scaling.LikelihoodScaling.from_run_name`), or ``tuned``.
+        (:meth:`kappadiff.scaling.LikelihoodScaling.from_run_name`), or ``tuned`` (DPS),
+        or :data:`SPLIT_GIBBS_RUN` (split Gibbs, with ``covariance_path``).
     scaling_path
         The ``tuned`` run's scaling, ``results/validation/scaling.fits``; given, it is the
         run's scaling.
@@ -115,6 +142,8 @@ def sample_mock(
         The grid runs of the same patch. The noise seeds depend on the seed, patch and
         sample index only, so a run with the A(t) of one of them is that run bit for bit:
         its product is copied instead of being drawn again.
+    covariance_path
+        The prior's denoiser covariance, for the split-Gibbs run.
 
     Returns
     -------
@@ -123,6 +152,18 @@ def sample_mock(
     """
     from .posterior import sample_patch  # torch-heavy: the Snakefile imports this module
 
+    if run == SPLIT_GIBBS_RUN:
+        log.info("mock patch %d, run %s", patch_id, run)
+        cfg = _mock_config(config, "split_gibbs")
+        return sample_patch(
+            data_path,
+            model_path,
+            output_path,
+            cfg,
+            patch_id,
+            threads,
+            covariance_path=covariance_path,
+        )
     if scaling_path is not None:
         scaling = read_scaling(scaling_path)
     else:
@@ -136,14 +177,7 @@ def sample_mock(
             with atomic_output(output_path) as tmp:
                 shutil.copyfile(path, tmp)
             return Path(output_path)
-    cfg = copy.deepcopy(dict(config))
-    v = config["validation"]
-    cfg["sampling"] = {
-        **cfg["sampling"],
-        "n_samples": int(v["n_samples"]),
-        "n_steps": int(v["n_steps"]),
-        "save_samples": "float32",
-    }
+    cfg = _mock_config(config, "dps")
     log.info("mock patch %d, run %s: %s", patch_id, run, scaling)
     return sample_patch(
         data_path, model_path, output_path, cfg, patch_id, threads=threads, scaling=scaling
@@ -442,9 +476,8 @@ def _write_coverage(
 
 
 def calibration_figure(
-    tuned_paths: Sequence[str | os.PathLike],
-    unscaled_paths: Sequence[str | os.PathLike],
-    scaling_path: str | os.PathLike,
+    run_paths: Mapping[str, Sequence[str | os.PathLike]],
+    scaling_path: str | os.PathLike | None,
     truth_paths: Sequence[str | os.PathLike],
     data_paths: Sequence[str | os.PathLike],
     references_path: str | os.PathLike,
@@ -452,15 +485,16 @@ def calibration_figure(
     figure_output: str | os.PathLike,
     config: Mapping[str, Any],
 ) -> Path:
-    """TARP of the tuned and unscaled runs and the trajectory diagnostic (figure 1).
+    """TARP of the posterior runs and their trajectory diagnostic (figure 1).
 
     Parameters
     ----------
-    tuned_paths, unscaled_paths
-        Posterior products of the ``tuned`` and ``unscaled`` runs on each mock patch (order of
-        ``truth_paths``).
+    run_paths
+        Posterior products of each run on each mock patch (order of ``truth_paths``):
+        ``tuned`` and ``unscaled`` DPS, or the :data:`SPLIT_GIBBS_RUN`.
     scaling_path
-        ``results/validation/scaling.fits`` (the tuned run's A(t), for the table).
+        ``results/validation/scaling.fits``, the ``tuned`` run's A(t), for the table (None
+        without a tuned run).
     truth_paths, data_paths, references_path
         As for :func:`search_scaling`.
     coverage_output
@@ -471,8 +505,13 @@ def calibration_figure(
         their joint TARP curves with bootstrap bands, prior and random references, and
         their samples' C_ℓ over the truths' (the search's power check).
     """
-    run_paths = {"tuned": list(tuned_paths), "unscaled": list(unscaled_paths)}
-    scalings = {"tuned": read_scaling(scaling_path), "unscaled": LikelihoodScaling()}
+    run_paths = {run: list(paths) for run, paths in run_paths.items()}
+    scalings = {
+        run: read_scaling(scaling_path) if run == "tuned" else LikelihoodScaling()
+        for run in run_paths
+    }
+    if "tuned" in run_paths and scaling_path is None:
+        raise ValueError("the tuned run's table needs its scaling file")
     results, accuracy = _load_runs(run_paths, truth_paths, data_paths, references_path, config)
     _write_coverage(coverage_output, results, accuracy, scalings, config)
     drift = {}
