@@ -433,7 +433,9 @@ def test_split_gibbs_product_records_its_sampler_and_reruns_bit_identically(
         assert hdul["GAMMA"].data.shape == (len(hdul["RHO"].data), n_rings, BINS, BINS)
         assert hdul[0].header["NMAPS"] == 16 and hdul[0].header["NPIX"] == N
     out = tmp_path / "post" / "patch_0003.fits"
-    sample_patch(data_path, model_path, out, config(**SPLIT_GIBBS), 3, covariance_path=cov)
+    # the rule's params: the split-Gibbs keys, none of DPS's
+    params = posterior.sampling_params(config(**SPLIT_GIBBS))
+    sample_patch(data_path, model_path, out, params, 3, covariance_path=cov)
     with fits.open(out) as hdul:
         h = hdul[0].header
         assert h["METHOD"] == "split_gibbs" and h["NFE"] == 5 and h["SWEEPS"] == 5
@@ -445,7 +447,7 @@ def test_split_gibbs_product_records_its_sampler_and_reruns_bit_identically(
         # ignores the data χ²/dof ≈ (0.02² + 0.03²)/0.03² = 1.44; every sample fits better
         assert np.all(hdul["CHI2"].data < 1.35) and hdul["CHI2"].data.mean() < 1.25
     again = tmp_path / "post2" / "patch_0003.fits"
-    sample_patch(data_path, model_path, again, config(**SPLIT_GIBBS), 3, covariance_path=cov)
+    sample_patch(data_path, model_path, again, params, 3, covariance_path=cov)
     with fits.open(again) as hdul:
         np.testing.assert_array_equal(hdul["SAMPLES"].data, first)
     with pytest.raises(ValueError, match="denoiser covariance"):

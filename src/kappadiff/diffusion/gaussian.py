@@ -25,7 +25,7 @@ import torch
 
 from .dps import ShearData
 from .process import Schedule
-from .split_gibbs import ExactDataStep
+from .split_gibbs import ExactDataStep, conjugate_gradients
 
 __all__ = ["GaussianDenoiser", "GaussianPosterior", "draw_gaussian", "mode_covariance"]
 
@@ -152,26 +152,10 @@ class GaussianPosterior:
         def hessian(v: torch.Tensor) -> torch.Tensor:
             return v + self.sqrt_prior(self._likelihood_term(self.sqrt_prior(v)))
 
-        dims = (-3, -2, -1)
-        v = torch.zeros_like(b)
-        r = b.clone()
-        p = r.clone()
-        rr = (r * r).sum(dim=dims, keepdim=True)
-        bnorm = rr.sqrt().clamp_min(1e-300)
-        for it in range(self.max_iter):
-            if bool(((rr.sqrt() / bnorm) <= self.tol).all()):
-                self.iterations = it
-                return self.sqrt_prior(v)
-            hp = hessian(p)
-            alpha = rr / (p * hp).sum(dim=dims, keepdim=True)
-            v = v + alpha * p
-            r = r - alpha * hp
-            rr_new = (r * r).sum(dim=dims, keepdim=True)
-            p = r + (rr_new / rr) * p
-            rr = rr_new
-        raise RuntimeError(
-            f"exact Gaussian posterior: CG did not reach {self.tol} in {self.max_iter} iterations"
+        v, self.iterations = conjugate_gradients(
+            hessian, b, 1.0, (-3, -2, -1), self.tol, self.max_iter, "exact Gaussian posterior"
         )
+        return self.sqrt_prior(v)
 
     def _rhs(self, gamma: torch.Tensor) -> torch.Tensor:
         op = self.op

@@ -50,6 +50,7 @@ __all__ = [
     "ExactDataStep",
     "SplitGibbsPlan",
     "annealing_levels",
+    "conjugate_gradients",
     "covariance_levels",
     "estimate_denoiser_covariance",
     "noise_level",
@@ -161,6 +162,66 @@ class SplitGibbsPlan:
         return sum(len(s) for s in self.sweeps)
 
 
+def conjugate_gradients(
+    hessian: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    precond: torch.Tensor | float,
+    dims: tuple[int, ...],
+    tol: float,
+    max_iter: int,
+    what: str,
+) -> tuple[torch.Tensor, int]:
+    """Preconditioned conjugate gradients on ``H x = rhs``, one system per slice over ``dims``.
+
+    Parameters
+    ----------
+    hessian
+        ``x ↦ H x``, symmetric positive definite on each system.
+    rhs
+        Right-hand sides; the axes ``dims`` span one system, the others index systems.
+    precond
+        Diagonal preconditioner ``M⁻¹`` (broadcast against ``rhs``), or 1.
+    dims, tol, max_iter
+        The axes of a system; the relative residual ``|r|/|rhs|`` every system must reach;
+        the most iterations.
+    what
+        Names the system in the error.
+
+    Returns
+    -------
+    (x, iterations)
+
+    Raises
+    ------
+    RuntimeError
+        When a system has not converged after ``max_iter`` iterations.
+    """
+    x = precond * rhs
+    r = rhs - hessian(x)
+    z = precond * r
+    p = z.clone()
+    rz = (r * z).sum(dim=dims, keepdim=True)
+    bnorm = rhs.pow(2).sum(dim=dims, keepdim=True).sqrt().clamp_min(1e-300)
+    for it in range(max_iter + 1):
+        rel = r.pow(2).sum(dim=dims, keepdim=True).sqrt() / bnorm
+        if bool((rel <= tol).all()):
+            return x, it
+        if it == max_iter:
+            break
+        hp = hessian(p)
+        alpha = rz / (p * hp).sum(dim=dims, keepdim=True)
+        x = x + alpha * p
+        r = r - alpha * hp
+        z = precond * r
+        rz_new = (r * z).sum(dim=dims, keepdim=True)
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    raise RuntimeError(
+        f"{what}: CG reached {max_iter} iterations with relative residual "
+        f"{float(rel.max()):.3g} > {tol}"
+    )
+
+
 class ExactDataStep:
     """Exact draws of the auxiliary field given the shear: the split-Gibbs data step.
 
@@ -217,32 +278,12 @@ class ExactDataStep:
         def hessian(k: torch.Tensor) -> torch.Tensor:
             return lam * k + self.adjoint(self.weight * self.forward(k))
 
-        precond = 1.0 / (lam + self.weight)
-        x = precond * rhs
-        r = rhs - hessian(x)
-        z = precond * r
-        p = z.clone()
-        rz = (r * z).sum(dim=(-2, -1), keepdim=True)
-        bnorm = rhs.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt().clamp_min(1e-300)
-        for it in range(self.max_iter + 1):
-            rel = r.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt() / bnorm
-            if bool((rel <= self.tol).all()):
-                self.iterations.append(it)
-                return x
-            if it == self.max_iter:
-                break
-            hp = hessian(p)
-            alpha = rz / (p * hp).sum(dim=(-2, -1), keepdim=True)
-            x = x + alpha * p
-            r = r - alpha * hp
-            z = precond * r
-            rz_new = (r * z).sum(dim=(-2, -1), keepdim=True)
-            p = z + (rz_new / rz) * p
-            rz = rz_new
-        raise RuntimeError(
-            f"split-Gibbs data step: CG reached {self.max_iter} iterations with relative "
-            f"residual {float(rel.max()):.3g} > {self.tol}"
-        )
+        x, iterations = conjugate_gradients(
+            hessian, rhs, 1.0 / (lam + self.weight), (-2, -1), self.tol, self.max_iter,
+            "split-Gibbs data step",
+        )  # fmt: skip
+        self.iterations.append(iterations)
+        return x
 
     def conditional(
         self, x: torch.Tensor, rho: float, generator: torch.Generator | None = None

@@ -480,7 +480,7 @@ def _draw_samples(
             problem,
             posterior_seed(seed, patch_id, first, size),
             size,
-            sampling["eta"],
+            sampling.get("eta", 0.0),  # DPS only
             sampling["shear_pad"],
         )
         for j in range(size):
