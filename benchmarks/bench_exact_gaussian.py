@@ -37,10 +37,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+from _config import load_config
 
 from kappadiff.catalogue.io import read_data_patch
-from kappadiff.config import validate_config
 from kappadiff.diffusion.checkpoint import load_prior
 from kappadiff.diffusion.dps import dps_guidance, shear_data
 from kappadiff.diffusion.gaussian import (
@@ -97,15 +96,16 @@ def main() -> None:
     ap.add_argument("--n-truths", type=int, default=16, help="exact draws per patch (TARP)")
     ap.add_argument("--n-cov-maps", type=int, default=256)
     ap.add_argument("--n-cutouts", type=int, default=1000, help="cut-outs for the covariance")
+    ap.add_argument("--rho-start", type=float, default=None, help="split Gibbs (config's)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    with open(args.config) as f:
-        config = yaml.safe_load(f)
-    validate_config(config, Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml")
+    config = load_config(args.config)
     res = Path(args.results)
     s, v = config["sampling"], config["validation"]
     patches = [int(p) for p in v["patches"][: args.n_patches]]
+    sg = s["split_gibbs"]
+    rho_start = float(sg["rho_start"] if args.rho_start is None else args.rho_start)
 
     prior = load_prior(res / "prior" / "model.pt")
     schedule = prior.schedule
@@ -145,7 +145,7 @@ def main() -> None:
         shape = (n, *sd.g1.shape)
         if method == "split_gibbs":
             step = ExactDataStep(sd, scale, offset, pad=pad)
-            plan = SplitGibbsPlan.make(schedule, nfe, 10.0, 0.1, 1)
+            plan = SplitGibbsPlan.make(schedule, nfe, rho_start, float(sg["rho_floor"]), 1)
             xs = split_gibbs_sample(denoiser, schedule, covariance, step, shape, plan, gen)
         else:
             steps = timestep_sequence(schedule.T, nfe, float(s["step_power"]))

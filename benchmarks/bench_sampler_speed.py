@@ -18,10 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from _config import load_config
 from astropy.io import fits
 
-from kappadiff.config import validate_config
 from kappadiff.scaling import LikelihoodScaling
 from kappadiff.stages.posterior import sample_patch, sampling_params
 
@@ -38,9 +37,7 @@ def main() -> None:
     ap.add_argument("--covariance", default=None)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    with open(args.config) as f:
-        config = yaml.safe_load(f)
-    validate_config(config, Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml")
+    config = load_config(args.config)
     res = Path(args.results)
     patch = args.patch if args.patch is not None else int(config["validation"]["patches"][0])
     config["sampling"].update(

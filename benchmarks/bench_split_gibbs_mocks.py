@@ -1,7 +1,8 @@
 """Split-Gibbs posteriors with the trained prior on the validation mock patches, untuned.
 
-Runs annealed split Gibbs (:mod:`kappadiff.diffusion.split_gibbs`: exact data step, one
-network call per sweep with the network's measured denoiser covariance) on every
+Runs annealed split Gibbs (:mod:`kappadiff.diffusion.split_gibbs`: exact data step, a
+prior step of ``prior_steps`` network calls whose jumps carry the network's measured
+denoiser covariance; the config's ``sampling.split_gibbs`` unless overridden) on every
 ``validation.patches`` mock patch of a results folder that holds the prior
 (``prior/model.pt``), the training cut-outs, the mock data, truths and tomographic Wiener
 filters (``mocks/``) and the TARP references (``validation/tarp_references.fits``), and
@@ -30,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+from _config import load_config
 
 from kappadiff.catalogue.io import read_data_patch
-from kappadiff.config import validate_config
 from kappadiff.diffusion.checkpoint import load_prior
 from kappadiff.diffusion.dps import dps_guidance, shear_data
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
@@ -58,9 +58,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config/config.yaml")
     ap.add_argument("--results", default="results")
-    ap.add_argument("--sweeps", type=int, default=100)
-    ap.add_argument("--rho-start", type=float, default=10.0)
-    ap.add_argument("--rho-floor", type=float, default=0.1)
+    # split-Gibbs settings: the config's (sampling.split_gibbs) unless given
+    ap.add_argument("--sweeps", type=int, default=None)
+    ap.add_argument("--rho-start", type=float, default=None)
+    ap.add_argument("--rho-floor", type=float, default=None)
+    ap.add_argument("--prior-steps", type=int, default=None, help="network calls a prior step")
+    ap.add_argument("--last-ratio", type=float, default=None, help="a prior step's last rho")
     ap.add_argument("--n-samples", type=int, default=16)
     ap.add_argument("--n-patches", type=int, default=None, help="the first of the patches")
     ap.add_argument("--n-cov-maps", type=int, default=256)
@@ -71,11 +74,14 @@ def main() -> None:
     ap.add_argument("--out", default="split_gibbs_mocks.npz")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    with open(args.config) as f:
-        config = yaml.safe_load(f)
-    validate_config(config, Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml")
+    config = load_config(args.config)
     res = Path(args.results)
     s, v = config["sampling"], config["validation"]
+    sg = s["split_gibbs"]
+    keys = {"last_ratio": "prior_last_ratio"}
+    for arg in ("sweeps", "rho_start", "rho_floor", "prior_steps", "last_ratio"):
+        if getattr(args, arg) is None:
+            setattr(args, arg, sg[keys.get(arg, arg)])
     patches = [int(p) for p in v["patches"][: args.n_patches]]
     scale_arcmin = float(config["layout"]["pixel_scale_arcmin"])
     pad = int(s["shear_pad"])
@@ -98,7 +104,9 @@ def main() -> None:
     print(f"denoiser covariance: {len(covariance.rho)} levels x {len(maps)} cut-outs, "
           f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
 
-    plan = SplitGibbsPlan.make(schedule, args.sweeps, args.rho_start, args.rho_floor, 1)
+    plan = SplitGibbsPlan.make(
+        schedule, args.sweeps, args.rho_start, args.rho_floor, args.prior_steps, args.last_ratio
+    )
     samples, truth, wiener, mask, data = [], [], [], [], []
     t_split, cg = 0.0, []
     for p in patches:
@@ -149,7 +157,7 @@ def main() -> None:
     _, rho_wf = correlation_coefficient(wiener * mask, truth * mask, scale_arcmin, edges, 0)
 
     print(f"\n{len(patches)} mock patches, {args.n_samples} samples, split Gibbs of "
-          f"{args.sweeps} sweeps (NFE {plan.nfe}), "
+          f"{args.sweeps} sweeps x {args.prior_steps} calls (NFE {plan.nfe}), "
           f"rho {args.rho_start} -> {args.rho_floor}")  # fmt: skip
     print(f"wall time per sample: split Gibbs {per_sample:.2f} s (CG {np.mean(cg):.1f} "
           f"iterations a data step), DPS {len(steps)} NFE {dps_per_sample:.2f} s, "
