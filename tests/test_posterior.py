@@ -419,7 +419,8 @@ def write_covariance(tmp_path, model_path):
 SPLIT_GIBBS = {
     "method": "split_gibbs",
     "split_gibbs": {"sweeps": 5, "rho_start": 10.0, "rho_floor": 0.1, "prior_steps": 1,
-                    "cg_tol": 1e-6, "cg_max_iter": 500, "covariance_maps": 16},
+                    "prior_last_ratio": 0.1, "cg_tol": 1e-6, "cg_max_iter": 500,
+                    "covariance_maps": 16},
 }  # fmt: skip
 
 
@@ -439,7 +440,7 @@ def test_split_gibbs_product_records_its_sampler_and_reruns_bit_identically(
     with fits.open(out) as hdul:
         h = hdul[0].header
         assert h["METHOD"] == "split_gibbs" and h["NFE"] == 5 and h["SWEEPS"] == 5
-        assert h["RHOFLOOR"] == 0.1 and h["CGITER"] >= 1 and "TBAR1" not in h
+        assert h["RHOFLOOR"] == 0.1 and h["PRLAST"] == 0.1 and h["CGITER"] >= 1 and "TBAR1" not in h
         assert hdul["TSTEPS"].data.shape == (5,) and hdul["DRIFT"].data.shape == (5, BINS)
         assert np.all(np.diff(hdul["TSTEPS"].data) <= 0)
         first = hdul["SAMPLES"].data.copy()

@@ -324,7 +324,7 @@ def _split_gibbs_parts(
         )
     plan = SplitGibbsPlan.make(
         prior.schedule, int(g["sweeps"]), float(g["rho_start"]), float(g["rho_floor"]),
-        int(g["prior_steps"]),
+        int(g["prior_steps"]), float(g["prior_last_ratio"]),
     )  # fmt: skip
     step = ExactDataStep(
         data,
@@ -539,6 +539,7 @@ def _product_cards(
             RHOSTART=float(g["rho_start"]),
             RHOFLOOR=float(g["rho_floor"]),
             PRSTEPS=int(g["prior_steps"]),
+            PRLAST=float(g["prior_last_ratio"]),
             CGTOL=float(g["cg_tol"]),
             CGITER=round(float(np.mean(step.iterations)), 2),
         )
