@@ -9,10 +9,10 @@ validation mock patches (their shear, noise and mask) at every ``--nfe``:
 
 * DPS unscaled and DPS with A(t) (t̄ = ``--t-bar``, σ_t = ``--sigma-t``), the config's
   ``sampling`` steps rule, step form, ζ and shear padding, η = 0;
-* annealed split Gibbs (:mod:`kappadiff.diffusion.split_gibbs`) with one network call per
-  sweep (NFE = sweeps), ρ from 10 to 0.1 prior standard deviations, and the denoiser
-  covariance measured on ``--n-cov-maps`` Gaussian draws (as the pipeline measures the
-  network's on training cut-outs).
+* annealed split Gibbs (:mod:`kappadiff.diffusion.split_gibbs`) with the config's
+  ``sampling.split_gibbs`` settings (the sweeps: ``--sweeps``, default the config's), the
+  patch's deflated floor, and the denoiser covariance measured on ``--n-cov-maps`` Gaussian
+  draws (as the pipeline measures the network's on training cut-outs).
 
 Per method it prints, per bin over all pixels of the patches:
 
@@ -50,10 +50,9 @@ from kappadiff.diffusion.gaussian import (
 )
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
 from kappadiff.diffusion.split_gibbs import (
-    ExactDataStep,
-    SplitGibbsPlan,
     estimate_denoiser_covariance,
     noise_level,
+    patch_sampler,
     split_gibbs_sample,
 )
 from kappadiff.scaling import LikelihoodScaling
@@ -97,6 +96,7 @@ def main() -> None:
     ap.add_argument("--n-cov-maps", type=int, default=256)
     ap.add_argument("--n-cutouts", type=int, default=1000, help="cut-outs for the covariance")
     ap.add_argument("--rho-start", type=float, default=None, help="split Gibbs (config's)")
+    ap.add_argument("--sweeps", type=int, nargs="+", default=None, help="split Gibbs (config's)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -105,7 +105,8 @@ def main() -> None:
     s, v = config["sampling"], config["validation"]
     patches = [int(p) for p in v["patches"][: args.n_patches]]
     sg = s["split_gibbs"]
-    rho_start = float(sg["rho_start"] if args.rho_start is None else args.rho_start)
+    rho_start = args.rho_start
+    args.sweeps = args.sweeps or [int(sg["sweeps"])]
 
     prior = load_prior(res / "prior" / "model.pt")
     schedule = prior.schedule
@@ -141,11 +142,19 @@ def main() -> None:
     print(f"denoiser covariance, {len(covariance.rho)} levels: {time.perf_counter() - t0:.0f} s")
     ref_maps = draw_gaussian(cov, int(v["n_prior_draws"]), np.random.default_rng(9))
 
+    def settings(sweeps: int) -> dict[str, float | int]:
+        """The config's split-Gibbs settings with ``sweeps`` sweeps."""
+        keys = ("rho_start", "floor_fraction", "prior_steps", "final_steps", "final_rho")
+        out = {k: sg[k] for k in keys} | {"sweeps": sweeps, "last_ratio": sg["prior_last_ratio"]}
+        return out | ({"rho_start": rho_start} if args.rho_start is not None else {})
+
+    nfe_of: dict[str, int] = {}
+
     def draw(method: str, nfe: int, sd, gen: torch.Generator, n: int) -> np.ndarray:
         shape = (n, *sd.g1.shape)
-        if method == "split_gibbs":
-            step = ExactDataStep(sd, scale, offset, pad=pad)
-            plan = SplitGibbsPlan.make(schedule, nfe, rho_start, float(sg["rho_floor"]), 1)
+        if method == "split_gibbs":  # nfe: the sweeps
+            plan, step = patch_sampler(sd, scale, offset, schedule, pad=pad, **settings(nfe))
+            nfe_of[f"split_gibbs, {nfe} sweeps"] = plan.nfe
             xs = split_gibbs_sample(denoiser, schedule, covariance, step, shape, plan, gen)
         else:
             steps = timestep_sequence(schedule.T, nfe, float(s["step_power"]))
@@ -163,7 +172,7 @@ def main() -> None:
 
     rows = []
     for method in args.methods:
-        for nfe in args.nfe:
+        for nfe in args.sweeps if method == "split_gibbs" else args.nfe:
             t0 = time.perf_counter()
             samples = []
             for p, sd, *_ in problems:
@@ -174,9 +183,11 @@ def main() -> None:
                 ]
                 samples.append(np.concatenate(batches))
             wall = time.perf_counter() - t0
-            rows.append((f"{method} {nfe}", np.stack(samples, axis=1), wall))
-            print(f"{method} at {nfe} NFE: {wall:.0f} s", flush=True)
-    rows.append(("exact draws", np.stack([pr[4] for pr in problems], axis=1), 0.0))
+            label = f"split_gibbs, {nfe} sweeps" if method == "split_gibbs" else method
+            nfe = nfe_of.get(label, nfe)
+            rows.append((label, str(nfe), np.stack(samples, axis=1), wall))
+            print(f"{label} at {nfe} NFE: {wall:.0f} s", flush=True)
+    rows.append(("exact draws", "–", np.stack([pr[4] for pr in problems], axis=1), 0.0))
 
     exact_mean = np.stack([pr[2] for pr in problems])
     exact_std = np.stack([pr[3] for pr in problems])
@@ -191,7 +202,7 @@ def main() -> None:
     head = "| method | NFE | ρ_c per bin | std ratio median (5–95 %) | TARP max |ECP−α| |"
     print(head + " s/sample |")
     print("|---|---|---|---|---|---|")
-    for name, samples, wall in rows:
+    for label, nfe, samples, wall in rows:
         rho_c = corrected_rho(samples, exact_mean)
         med, lo, hi = std_ratio(samples, exact_std)
         xt, theta, pool = tarp_inputs(
@@ -199,8 +210,6 @@ def main() -> None:
             int(v["block"]),
         )  # fmt: skip
         tarp = run_coverage(xt, theta, pool, config)[("prior", 0)].max_error
-        method, _, nfe = name.rpartition(" ")
-        label, nfe = (name, "–") if method == "" or name == "exact draws" else (method, nfe)
         per = f"{wall / n_total:.2f}" if wall else "–"
         rho_txt = " / ".join(f"{r:.3f}" for r in rho_c)
         std_txt = f"{med:.3f} ({lo:.2f}–{hi:.2f})"

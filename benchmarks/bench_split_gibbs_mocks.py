@@ -38,10 +38,9 @@ from kappadiff.diffusion.checkpoint import load_prior
 from kappadiff.diffusion.dps import dps_guidance, shear_data
 from kappadiff.diffusion.sampler import ddim_sample, timestep_sequence
 from kappadiff.diffusion.split_gibbs import (
-    ExactDataStep,
-    SplitGibbsPlan,
     estimate_denoiser_covariance,
     noise_level,
+    patch_sampler,
     split_gibbs_sample,
 )
 from kappadiff.products import read_images
@@ -53,17 +52,25 @@ from kappadiff.stats.accuracy import corrected_mean_rho, power_ratio
 from kappadiff.stats.spectra import correlation_coefficient
 from kappadiff.tarp import tarp_inputs
 
+# the config's sampling.split_gibbs settings a run may override (--sweeps, --final-steps, ...)
+SETTINGS = {
+    "sweeps": int,
+    "rho_start": float,
+    "floor_fraction": float,
+    "prior_steps": int,
+    "prior_last_ratio": float,
+    "final_steps": int,
+    "final_rho": float,
+}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config/config.yaml")
     ap.add_argument("--results", default="results")
     # split-Gibbs settings: the config's (sampling.split_gibbs) unless given
-    ap.add_argument("--sweeps", type=int, default=None)
-    ap.add_argument("--rho-start", type=float, default=None)
-    ap.add_argument("--rho-floor", type=float, default=None)
-    ap.add_argument("--prior-steps", type=int, default=None, help="network calls a prior step")
-    ap.add_argument("--last-ratio", type=float, default=None, help="a prior step's last rho")
+    for key, kind in SETTINGS.items():
+        ap.add_argument("--" + key.replace("_", "-"), type=kind, default=None)
     ap.add_argument("--n-samples", type=int, default=16)
     ap.add_argument("--n-patches", type=int, default=None, help="the first of the patches")
     ap.add_argument("--n-cov-maps", type=int, default=256)
@@ -78,10 +85,8 @@ def main() -> None:
     res = Path(args.results)
     s, v = config["sampling"], config["validation"]
     sg = s["split_gibbs"]
-    keys = {"last_ratio": "prior_last_ratio"}
-    for arg in ("sweeps", "rho_start", "rho_floor", "prior_steps", "last_ratio"):
-        if getattr(args, arg) is None:
-            setattr(args, arg, sg[keys.get(arg, arg)])
+    settings = {k: sg[k] if getattr(args, k) is None else getattr(args, k) for k in SETTINGS}
+    settings["last_ratio"] = settings.pop("prior_last_ratio")
     patches = [int(p) for p in v["patches"][: args.n_patches]]
     scale_arcmin = float(config["layout"]["pixel_scale_arcmin"])
     pad = int(s["shear_pad"])
@@ -104,9 +109,6 @@ def main() -> None:
     print(f"denoiser covariance: {len(covariance.rho)} levels x {len(maps)} cut-outs, "
           f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
 
-    plan = SplitGibbsPlan.make(
-        schedule, args.sweeps, args.rho_start, args.rho_floor, args.prior_steps, args.last_ratio
-    )
     samples, truth, wiener, mask, data = [], [], [], [], []
     t_split, cg = 0.0, []
     for p in patches:
@@ -117,7 +119,7 @@ def main() -> None:
         for name, dest in (("truth", truth), ("baselines/wiener_tomo", wiener)):
             path = res / "mocks" / name / f"patch_{p:04d}.fits"
             dest.append(read_images(path, ["KAPPA"])[0]["KAPPA"])
-        step = ExactDataStep(sd, scale, offset, pad=pad)
+        plan, step = patch_sampler(sd, scale, offset, schedule, pad=pad, **settings)
         gen = torch.Generator().manual_seed(p)
         t0 = time.perf_counter()
         xs = split_gibbs_sample(
@@ -126,8 +128,9 @@ def main() -> None:
         t_split += time.perf_counter() - t0
         cg += step.iterations
         samples.append(prior.to_kappa(xs.float()).double().numpy())
-        print(f"patch {p}: {time.perf_counter() - t0:.1f} s, CG {np.mean(step.iterations):.1f} "
-              "iterations a data step", flush=True)  # fmt: skip
+        print(f"patch {p}: {time.perf_counter() - t0:.1f} s, NFE {plan.nfe}, floor rho "
+              f"{step.deflation:.2f}, CG {np.mean(step.iterations):.1f} iterations a data step",
+              flush=True)  # fmt: skip
     samples = np.stack(samples, axis=1)  # [sample, patch, bin, n, n]
     truth, wiener, mask = np.asarray(truth), np.asarray(wiener), np.asarray(mask)
     np.savez(args.out, samples=samples.astype(np.float32), patches=np.asarray(patches))
@@ -156,9 +159,8 @@ def main() -> None:
     rho_sg = corrected_mean_rho(samples, truth, mask, scale_arcmin, edges)
     _, rho_wf = correlation_coefficient(wiener * mask, truth * mask, scale_arcmin, edges, 0)
 
-    print(f"\n{len(patches)} mock patches, {args.n_samples} samples, split Gibbs of "
-          f"{args.sweeps} sweeps x {args.prior_steps} calls (NFE {plan.nfe}), "
-          f"rho {args.rho_start} -> {args.rho_floor}")  # fmt: skip
+    print(f"\n{len(patches)} mock patches, {args.n_samples} samples, split Gibbs "
+          + ", ".join(f"{k} {v}" for k, v in settings.items()))  # fmt: skip
     print(f"wall time per sample: split Gibbs {per_sample:.2f} s (CG {np.mean(cg):.1f} "
           f"iterations a data step), DPS {len(steps)} NFE {dps_per_sample:.2f} s, "
           f"ratio {per_sample / dps_per_sample:.2f}")  # fmt: skip

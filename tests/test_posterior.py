@@ -8,7 +8,7 @@ import torch
 from astropy.io import fits
 
 from kappadiff.diffusion import sampler
-from kappadiff.diffusion.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from kappadiff.diffusion.checkpoint import CHECKPOINT_FORMAT, load_prior, save_checkpoint
 from kappadiff.diffusion.data import Normalisation
 from kappadiff.diffusion.process import make_schedule
 from kappadiff.diffusion.unet import UNet, UNetConfig
@@ -418,9 +418,9 @@ def write_covariance(tmp_path, model_path):
 
 SPLIT_GIBBS = {
     "method": "split_gibbs",
-    "split_gibbs": {"sweeps": 5, "rho_start": 10.0, "rho_floor": 0.1, "prior_steps": 1,
-                    "prior_last_ratio": 0.1, "cg_tol": 1e-6, "cg_max_iter": 500,
-                    "covariance_maps": 16},
+    "split_gibbs": {"sweeps": 5, "rho_start": 10.0, "floor_fraction": 0.5, "prior_steps": 1,
+                    "prior_last_ratio": 0.1, "final_steps": 3, "final_rho": 0.01,
+                    "cg_tol": 1e-6, "cg_max_iter": 500, "covariance_maps": 16},
 }  # fmt: skip
 
 
@@ -439,8 +439,13 @@ def test_split_gibbs_product_records_its_sampler_and_reruns_bit_identically(
     sample_patch(data_path, model_path, out, params, 3, covariance_path=cov)
     with fits.open(out) as hdul:
         h = hdul[0].header
-        assert h["METHOD"] == "split_gibbs" and h["NFE"] == 5 and h["SWEEPS"] == 5
-        assert h["RHOFLOOR"] == 0.1 and h["PRLAST"] == 0.1 and h["CGITER"] >= 1 and "TBAR1" not in h
+        # four sweeps of one call, then the last one's three down to the clean map
+        assert h["METHOD"] == "split_gibbs" and h["NFE"] == 7 and h["SWEEPS"] == 5
+        # the floor: half the smallest shear noise (σ = 0.03) over the prior's κ scale, to
+        # the schedule's nearest level (1000 levels over 10 decades of ρ: < 3 % apart)
+        floor = 0.5 * 0.03 / float(load_prior(model_path).normalisation.std.max())
+        assert h["RHOFLOOR"] == pytest.approx(floor, rel=0.03) and h["FLOORFR"] == 0.5
+        assert h["PRLAST"] == 0.1 and h["CGITER"] >= 1 and "TBAR1" not in h
         assert hdul["TSTEPS"].data.shape == (5,) and hdul["DRIFT"].data.shape == (5, BINS)
         assert np.all(np.diff(hdul["TSTEPS"].data) <= 0)
         first = hdul["SAMPLES"].data.copy()

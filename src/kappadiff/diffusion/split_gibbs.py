@@ -16,25 +16,34 @@ by alternating its two conditionals while ρ is lowered to a floor:
 
       (λ I + Aᵀ W A) κ = λ (κ(x) + s ρ ξ₁) + Aᵀ W (γ + W^{-1/2} ξ₂),
 
-  solved by preconditioned conjugate gradients, ``ξ`` standard normal. The four bins are
-  independent here: they are coupled only through the prior step;
+  solved by preconditioned conjugate gradients, ``ξ`` standard normal (``W`` deflated,
+  below). The four bins are independent here: they are coupled only through the prior step;
 * the **prior step** draws ``x ~ π_ρ(x | z) ∝ p(x) N(z; x, ρ²)``, a denoising posterior:
   with the schedule's timestep ``t`` at which ``ρ² = (1 − ᾱ_t)/ᾱ_t``, ``x_t = √ᾱ_t z`` is a
   point of the forward process at ``t``, and the reverse diffusion from it samples
   ``p(x_0 | x_t)`` (:func:`prior_step`).
 
-With a trained, non-Gaussian prior the chain spends few sweeps on many small prior steps
-rather than the reverse: a prior step in big jumps replaces the scatter of ``x_0`` about
-the network's mean by Gaussian noise of the right covariance, so each sweep leaves the
-state a little more Gaussian than the prior, and the network then shrinks it a little
-more than it would a prior map. Without data, 100 sweeps of one call keep 60–80 % of the
-prior's power in bin 1; 8–10 sweeps of 15 calls keep 80–93 % (docs/validation.md).
+Three choices make few sweeps enough (docs/validation.md):
+
+* **a deflated floor.** ``ρ`` falls from ``rho_start`` to a floor at a fixed fraction of
+  the patch's smallest shear noise in network units (:func:`noise_floor`), and the data
+  step's noise variance is lowered by ``(s_b ρ_floor)²``. The coupling noise adds that
+  much back (``A`` is an isometry), so at the floor the ``x``-marginal is the posterior
+  under the data's own noise, and the chain still mixes there; annealed to a floor far
+  below the noise instead, it freezes before its mean has converged;
+* **prior steps that stop short.** Every sweep's prior step but the last stops at
+  ``last_ratio ρ`` and keeps its noisy state ``u``; the next data step adds only the noise
+  that brings ``u`` to the next level (:func:`split_gibbs_sample`), so no sweep pays for a
+  jump to the clean map;
+* **one fine reverse diffusion at the end.** The last sweep's prior step goes from the floor
+  to the clean map in many small steps. A reverse diffusion in coarse steps loses power on
+  a non-Gaussian prior even with an exact denoiser (each jump's Gaussian noise of the
+  average covariance ``Γ`` in place of the scatter of ``x_0`` given its state): on iid
+  lognormal pixels, 20 calls keep 84 % of the variance, 40 calls 92 %, 100 calls 98 %
+  (``benchmarks/bench_split_gibbs_nongaussian.py``).
 
 The network is only evaluated forwards (no back-propagation through it, unlike DPS), and
-nothing is tuned against the data: ρ starts far above the prior's scatter (the first prior
-step is nearly unconditional) and ends at a floor far below the shear noise in the
-network's units, where the ``x``-marginal of π_ρ is the posterior with the noise variance
-raised by ``ρ² s_b²`` (``ρ_floor`` = 0.1 of the smallest noise σ: +1 % variance).
+nothing is tuned against the data.
 
 Everything here is torch and does no file I/O.
 """
@@ -60,7 +69,9 @@ __all__ = [
     "conjugate_gradients",
     "covariance_levels",
     "estimate_denoiser_covariance",
+    "noise_floor",
     "noise_level",
+    "patch_sampler",
     "prior_step",
     "prior_step_timesteps",
     "split_gibbs_sample",
@@ -112,14 +123,8 @@ def prior_step_timesteps(
     """Decreasing timesteps of one prior step, from ``t_start`` towards 0.
 
     The noise ``ρ(t)`` (:func:`noise_level`) falls geometrically from ``ρ(t_start)`` to
-    ``last_ratio ρ(t_start)`` over the ``n_steps`` timesteps; the last one goes straight to
-    the clean map (``x_0 = x̂_0``), so no network evaluation is spent at ``t = 0``.
-
-    The last jump draws no noise, so it leaves out the variance of ``x_0`` given its
-    ``x_t``, at most ``ρ(t_last)²``; in a Gibbs sweep whose two steps each inject about
-    ``ρ²``, that keeps the chain's equilibrium variance within ``last_ratio²/2`` of the
-    posterior's (0.5 % for 0.1). A single step (``x = x̂_0(z)``) would halve it.
-    Fewer than ``n_steps`` timesteps where the schedule's levels are coarser.
+    ``last_ratio ρ(t_start)`` over ``n_steps`` timesteps, both ends included. Fewer where
+    the schedule's levels are coarser.
     """
     if n_steps < 1:
         raise ValueError(f"prior steps = {n_steps} must be >= 1")
@@ -138,15 +143,34 @@ class SplitGibbsPlan:
     Attributes
     ----------
     levels
-        One timestep per sweep (:func:`annealing_levels`): the data step's ρ and the prior
-        step's start.
+        One timestep per sweep (:func:`annealing_levels`): the ρ of the sweep's auxiliary
+        field and the prior step's start.
     sweeps
-        Timesteps of each sweep's prior step (:func:`prior_step_timesteps`), the first being
-        its level.
+        Timesteps of each sweep's prior step (:func:`prior_step_timesteps`), from its level
+        down to ``last_ratio`` times its ρ. Every sweep but the last stops there (one network
+        call per timestep but the last); the last jumps from there to the clean map (one
+        call per timestep).
     """
 
     levels: tuple[int, ...]
     sweeps: tuple[tuple[int, ...], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.levels) != len(self.sweeps) or not self.levels:
+            raise ValueError("split-Gibbs plan: one prior step per level, at least one level")
+        for t, steps in zip(self.levels, self.sweeps, strict=True):
+            if not steps or steps[0] != t or list(steps) != sorted(set(steps), reverse=True):
+                raise ValueError(
+                    f"split-Gibbs plan: the prior step of level {t} must start at it and "
+                    f"decrease, got {list(steps)}"
+                )
+        for i, (steps, nxt) in enumerate(zip(self.sweeps, self.levels[1:], strict=False)):
+            if len(steps) < 2 or steps[-1] >= nxt:
+                raise ValueError(
+                    f"split-Gibbs plan: sweep {i} stops at timestep {steps[-1]}, not below "
+                    f"the next level {nxt}: the next data step needs ρ above the state's "
+                    "noise (lower prior_last_ratio or use fewer sweeps)"
+                )
 
     @classmethod
     def make(
@@ -157,16 +181,29 @@ class SplitGibbsPlan:
         rho_floor: float,
         prior_steps: int,
         last_ratio: float = 0.1,
+        final_steps: int | None = None,
+        final_rho: float | None = None,
     ) -> SplitGibbsPlan:
-        """The plan of :func:`annealing_levels` and :func:`prior_step_timesteps`."""
+        """The plan of :func:`annealing_levels`, each prior step ``prior_steps`` calls long.
+
+        Every sweep's prior step but the last stops at ``last_ratio`` times its ρ, which must
+        lie below the ratio of successive levels' ρ. The last sweep's goes from the floor
+        down to ``final_rho`` (network units) in ``final_steps`` calls, the last of which
+        jumps to the clean map; by default ``prior_steps`` calls down to ``last_ratio`` ×
+        the floor.
+        """
         levels = annealing_levels(schedule, iterations, rho_start, rho_floor)
-        sweeps = [prior_step_timesteps(schedule, t, prior_steps, last_ratio) for t in levels]
+        sweeps = [prior_step_timesteps(schedule, t, prior_steps + 1, last_ratio) for t in levels]
+        rho = noise_level(schedule)[levels[-1]]
+        final_rho = last_ratio * rho if final_rho is None else final_rho
+        final = final_steps if final_steps is not None else prior_steps + 1
+        sweeps[-1] = prior_step_timesteps(schedule, levels[-1], final, min(final_rho / rho, 1.0))
         return cls(tuple(levels), tuple(tuple(s) for s in sweeps))
 
     @property
     def nfe(self) -> int:
         """Network evaluations per sample, all sweeps."""
-        return sum(len(s) for s in self.sweeps)
+        return sum(len(s) - 1 for s in self.sweeps) + 1
 
 
 def conjugate_gradients(
@@ -244,6 +281,12 @@ class ExactDataStep:
         Relative residual at which conjugate gradients stop.
     max_iter
         Most CG iterations; a system not converged by then raises ``RuntimeError``.
+    deflation
+        ``ρ_d`` (network units): the shear noise variance of every observed pixel is lowered
+        by ``(s_b ρ_d)²``, so that at coupling ``ρ = ρ_d`` the ``x``-marginal of ``π_ρ`` has
+        the data's own noise (``A`` is an isometry: coupling noise ``ρ`` in ``κ/s_b`` adds
+        ``(s_b ρ)²`` of shear variance, exactly so away from the patch's edges).
+        Must stay below every observed pixel's noise (:func:`noise_floor`).
 
     Notes
     -----
@@ -260,13 +303,27 @@ class ExactDataStep:
         pad: int = 0,
         tol: float = 1e-6,
         max_iter: int = 500,
+        deflation: float = 0.0,
     ) -> None:
         if tol <= 0 or max_iter < 1:
             raise ValueError(f"CG tolerance {tol} must be > 0 and max_iter {max_iter} >= 1")
         self.gamma = torch.complex(data.g1.double(), data.g2.double())  # [bin, n, n]
-        self.weight = data.weight.double()
-        self.scale = scale.double().to(self.weight.device).view(-1, 1, 1)
-        self.offset = offset.double().to(self.weight.device).view(-1, 1, 1)
+        weight = data.weight.double()
+        self.scale = scale.double().to(weight.device).view(-1, 1, 1)
+        self.offset = offset.double().to(weight.device).view(-1, 1, 1)
+        if deflation < 0:
+            raise ValueError(f"data-step deflation {deflation} must be >= 0")
+        if deflation > 0:
+            floor = noise_floor(data, scale)
+            if deflation >= floor:
+                raise ValueError(
+                    f"data-step deflation rho = {deflation:.4g} must lie below the smallest "
+                    f"shear noise, {floor:.4g} in network units"
+                )
+            variance = 1.0 / weight.clamp_min(1e-300) - (self.scale * deflation) ** 2
+            weight = torch.where(weight > 0, 1.0 / variance, 0.0)
+        self.weight = weight
+        self.deflation = float(deflation)
         self.pad, self.tol, self.max_iter = int(pad), float(tol), int(max_iter)
         self.iterations: list[int] = []
 
@@ -313,6 +370,59 @@ class ExactDataStep:
         rhs = lam * centre + self.adjoint(self.weight * gamma)
         kappa = self._solve(rhs, lam)
         return ((kappa - self.offset) / self.scale).to(x.dtype)
+
+
+def noise_floor(data: ShearData, scale: torch.Tensor) -> float:
+    """The smallest shear noise of ``data`` in network units: ``min σ/s_b`` over observed pixels.
+
+    Raises
+    ------
+    ValueError
+        When no pixel of any bin is observed.
+    """
+    weight = data.weight.double()
+    observed = weight > 0
+    if not bool(observed.any()):
+        raise ValueError("shear data: no observed pixel in any bin, no noise floor")
+    s = scale.double().to(weight.device).view(-1, 1, 1).expand_as(weight)
+    return float((1.0 / (weight[observed].sqrt() * s[observed])).min())
+
+
+def patch_sampler(
+    data: ShearData,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    schedule: Schedule,
+    *,
+    sweeps: int,
+    rho_start: float,
+    floor_fraction: float,
+    prior_steps: int,
+    last_ratio: float,
+    final_steps: int,
+    final_rho: float,
+    pad: int = 0,
+    tol: float = 1e-6,
+    max_iter: int = 500,
+) -> tuple[SplitGibbsPlan, ExactDataStep]:
+    """The plan and the deflated data step of one patch.
+
+    The floor is ``floor_fraction`` of the patch's smallest shear noise (:func:`noise_floor`),
+    and the data step's noise is deflated by it (:class:`ExactDataStep`), so that at the
+    floor the chain samples the posterior under the data's own noise; ρ falls from
+    ``max(rho_start, floor)`` over ``sweeps`` levels. The other arguments are those of
+    :meth:`SplitGibbsPlan.make` and :class:`ExactDataStep`.
+    """
+    if not 0 < floor_fraction < 1:
+        raise ValueError(f"floor_fraction = {floor_fraction} must lie in (0, 1)")
+    floor = floor_fraction * noise_floor(data, scale)
+    plan = SplitGibbsPlan.make(
+        schedule, sweeps, max(rho_start, floor), floor, prior_steps, last_ratio, final_steps,
+        final_rho,
+    )  # fmt: skip
+    deflation = float(noise_level(schedule)[plan.levels[-1]])
+    step = ExactDataStep(data, scale, offset, pad, tol, max_iter, deflation=deflation)
+    return plan, step
 
 
 def _ring_index(n: int) -> np.ndarray:
@@ -401,7 +511,7 @@ def covariance_levels(
     """Timesteps at which to tabulate ``Γ``: ``ρ`` log-spaced over ``[rho_min, rho_max]``.
 
     The default range holds every ρ a split-Gibbs draw visits with ``rho_start ≤ 30`` and a
-    prior step ending at ``last_ratio rho_floor ≥ 0.005`` (the defaults: 0.05 × 0.1);
+    last prior step ending at ``final_rho ≥ 0.005`` (the default: 0.01);
     ``Γ`` varies smoothly in ``log ρ``, and 40 levels interpolate it to well under its
     Monte-Carlo error.
     """
@@ -473,17 +583,22 @@ def prior_step(
     z: torch.Tensor,
     steps: Sequence[int],
     generator: torch.Generator,
+    to_clean: bool = True,
 ) -> torch.Tensor:
-    """A draw of ``x ~ p(x | z)``, ``z = x + ρ ε`` with ``ρ = ρ(steps[0])``: the prior step.
+    """A draw from the denoising posterior of ``z = x + ρ ε``, ``ρ = ρ(steps[0])``: the prior step.
 
     Reverse diffusion from ``x_t = √ᾱ_t z`` over the decreasing timesteps ``steps`` with the
-    Gaussian steps of :class:`DenoiserCovariance` (one network call per timestep); the last
-    jumps to ``x_0``.
+    Gaussian steps of :class:`DenoiserCovariance`, one network call per timestep left. With
+    ``to_clean`` the last call jumps to ``x_0`` and the draw is ``x ~ p(x | z)``; without,
+    the walk stops at ``steps[-1]`` (no call there) and returns ``u = x + ρ(steps[-1]) ε'``
+    drawn from ``p(u | z)``.
     """
     rho_of = noise_level(schedule)
     abar = schedule.alphas_cumprod.double().cpu().numpy()
     u = z.float()
     for i, t in enumerate(steps):
+        if i + 1 == len(steps) and not to_clean:
+            return u
         rho_t = float(rho_of[t])
         tt = torch.full((u.shape[0],), t, device=u.device, dtype=torch.long)
         x_t = math.sqrt(abar[t]) * u
@@ -538,12 +653,25 @@ def split_gibbs_sample(
     Returns
     -------
     The last sweep's prior-step draws ``x`` (network units), ``shape``.
+
+    Notes
+    -----
+    A sweep's prior step stops at ``ρ_s = last_ratio ρ``, and its state ``u`` carries that
+    much noise about the clean map, so the next data step draws ``z`` about ``u`` with
+    variance ``ρ'² − ρ_s²`` (``ρ'`` the next level): ``z`` is then a clean map plus noise
+    ``ρ'``, as the prior step assumes. Each sweep updates the joint
+    ``p_s(u) N(z; u, ρ'² − ρ_s²) p(γ | κ(z))``, ``p_s`` the prior blurred by ``ρ_s``, whose
+    ``z``-marginal is that of ``π_ρ'``; the last sweep goes down to the clean map.
     """
     rho = noise_level(schedule)
     x = torch.zeros(tuple(shape), device=generator.device)
+    rho_x = 0.0  # the state's noise about the clean map
+    last = len(plan.levels) - 1
     for i, t in enumerate(plan.levels):
-        z = data_step.conditional(x, float(rho[t]), generator)
-        x = prior_step(model, schedule, covariance, z, plan.sweeps[i], generator)
+        coupling = math.sqrt(float(rho[t]) ** 2 - rho_x**2)
+        z = data_step.conditional(x, coupling, generator)
+        x = prior_step(model, schedule, covariance, z, plan.sweeps[i], generator, i == last)
+        rho_x = float(rho[plan.sweeps[i][-1]])
         if callback is not None:
             callback(i, t, z.detach(), x.detach())
     return x

@@ -18,7 +18,8 @@ and writes
 ``[step, bin]`` with its timesteps TSTEPS (DPS: the DDIM steps; split Gibbs: the sweeps'
 levels, the drift of ``√ᾱ_t z``), all with the data patch's TAN WCS; its header records
 ``PATCHID``, ``METHOD`` and the sampler's settings (DPS: the scaling ``SCALED``,
-``TBARb``, ``SIGTb``; split Gibbs: ``SWEEPS``, ``RHOSTART``, ``RHOFLOOR``, ``CGITER``).
+``TBARb``, ``SIGTb``; split Gibbs: ``SWEEPS``, ``RHOSTART``, ``RHOFLOOR`` (the patch's floor, in
+network units), ``CGITER``).
 
 Each batch draws its noise from a generator seeded by (config seed, patch id, first sample
 index, batch size), so a rerun reproduces the samples bit for bit on CPU. Finished batches
@@ -54,6 +55,7 @@ from ..diffusion.split_gibbs import (
     DenoiserCovariance,
     ExactDataStep,
     SplitGibbsPlan,
+    patch_sampler,
     split_gibbs_sample,
 )
 from ..products import (
@@ -322,18 +324,14 @@ def _split_gibbs_parts(
             f"sampling.method = split_gibbs needs a prior with the affine normalisation, "
             f"this one has {prior.normalisation.kind!r}"
         )
-    plan = SplitGibbsPlan.make(
-        prior.schedule, int(g["sweeps"]), float(g["rho_start"]), float(g["rho_floor"]),
-        int(g["prior_steps"]), float(g["prior_last_ratio"]),
+    plan, step = patch_sampler(
+        data, prior.normalisation.std, prior.normalisation.mean, prior.schedule,
+        sweeps=int(g["sweeps"]), rho_start=float(g["rho_start"]),
+        floor_fraction=float(g["floor_fraction"]), prior_steps=int(g["prior_steps"]),
+        last_ratio=float(g["prior_last_ratio"]), final_steps=int(g["final_steps"]),
+        final_rho=float(g["final_rho"]), pad=int(sampling["shear_pad"]),
+        tol=float(g["cg_tol"]), max_iter=int(g["cg_max_iter"]),
     )  # fmt: skip
-    step = ExactDataStep(
-        data,
-        prior.normalisation.std,
-        prior.normalisation.mean,
-        pad=int(sampling["shear_pad"]),
-        tol=float(g["cg_tol"]),
-        max_iter=int(g["cg_max_iter"]),
-    )
     return _SplitGibbs(plan, read_denoiser_covariance(covariance_path, prior.npix), step)
 
 
@@ -537,9 +535,12 @@ def _product_cards(
         cards.update(
             SWEEPS=int(g["sweeps"]),
             RHOSTART=float(g["rho_start"]),
-            RHOFLOOR=float(g["rho_floor"]),
+            FLOORFR=float(g["floor_fraction"]),
+            RHOFLOOR=round(step.deflation, 6),
             PRSTEPS=int(g["prior_steps"]),
             PRLAST=float(g["prior_last_ratio"]),
+            FINSTEPS=int(g["final_steps"]),
+            FINRHO=float(g["final_rho"]),
             CGTOL=float(g["cg_tol"]),
             CGITER=round(float(np.mean(step.iterations)), 2),
         )
