@@ -157,6 +157,15 @@ def test_prior_step_draws_the_denoising_posterior(n_steps):
     assert np.sqrt(np.mean(resid**2)) < 4 * np.sqrt(exact.rings[0, :, 0, 0].mean() / 2000)
 
 
+def gaussian_chains(cov, step, plan, n_chains):
+    """``n_chains`` split-Gibbs draws ``[n, 2, 16, 16]`` with the exact denoiser of ``cov``."""
+    gamma = analytic_covariance(cov, np.geomspace(0.005, 30, 40))
+    return split_gibbs_sample(
+        GaussianDenoiser(cov, SCHEDULE), SCHEDULE, gamma, step, (n_chains, 2, 16, 16), plan,
+        torch.Generator().manual_seed(1),
+    ).double()  # fmt: skip
+
+
 def test_split_gibbs_matches_the_exact_gaussian_posterior():
     # with the exact Gaussian denoiser and its analytic covariance, the sampler's spread and
     # mean are the exact posterior's: 256 chains give a per-pixel std to 4.4 % (1σ), so the
@@ -167,11 +176,7 @@ def test_split_gibbs_matches_the_exact_gaussian_posterior():
     exact = post.draws(512, torch.Generator().manual_seed(0))
     step = ExactDataStep(data, scale, offset, pad=4)
     plan = SplitGibbsPlan.make(SCHEDULE, 40, 10.0, 0.1, 1)
-    gamma = analytic_covariance(cov, np.geomspace(0.005, 30, 40))
-    xs = split_gibbs_sample(
-        GaussianDenoiser(cov, SCHEDULE), SCHEDULE, gamma, step, (256, 2, 16, 16), plan,
-        torch.Generator().manual_seed(1),
-    ).double()  # fmt: skip
+    xs = gaussian_chains(cov, step, plan, 256)
     ratio = (xs.std(dim=0) / exact.std(dim=0)).flatten()
     assert float(ratio.median()) == pytest.approx(1.0, abs=0.03)
     mean = post.mean()
@@ -255,11 +260,7 @@ def test_deflated_floor_mixes_in_ten_sweeps():
         prior_steps=1, last_ratio=0.1, final_steps=4, final_rho=0.01, pad=4,
     )  # fmt: skip
     assert step.deflation == pytest.approx(0.75, rel=0.03) and plan.nfe == 9 + 4
-    gamma = analytic_covariance(cov, np.geomspace(0.005, 30, 40))
-    xs = split_gibbs_sample(
-        GaussianDenoiser(cov, SCHEDULE), SCHEDULE, gamma, step, (512, 2, 16, 16), plan,
-        torch.Generator().manual_seed(1),
-    ).double()  # fmt: skip
+    xs = gaussian_chains(cov, step, plan, 512)
     ratio = (xs.std(dim=0) / exact.std(dim=0)).flatten()
     assert float(ratio.median()) == pytest.approx(1.0, abs=0.03)
     offset_rms = ((xs.mean(dim=0) - post.mean()) / exact.std(dim=0)).pow(2).mean().sqrt()
