@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--n-cutouts", type=int, default=1000, help="cut-outs for the covariance")
     ap.add_argument("--rho-start", type=float, default=None, help="split Gibbs (config's)")
     ap.add_argument("--sweeps", type=int, nargs="+", default=None, help="split Gibbs (config's)")
+    ap.add_argument("--prior-last-ratio", type=float, default=None, help="split Gibbs (config's)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -145,7 +146,8 @@ def main() -> None:
     def settings(sweeps: int) -> dict[str, float | int]:
         """The config's split-Gibbs settings with ``sweeps`` sweeps."""
         keys = ("rho_start", "floor_fraction", "prior_steps", "final_steps", "final_rho")
-        out = {k: sg[k] for k in keys} | {"sweeps": sweeps, "last_ratio": sg["prior_last_ratio"]}
+        last = sg["prior_last_ratio"] if args.prior_last_ratio is None else args.prior_last_ratio
+        out = {k: sg[k] for k in keys} | {"sweeps": sweeps, "last_ratio": last}
         return out | ({"rho_start": rho_start} if args.rho_start is not None else {})
 
     nfe_of: dict[str, int] = {}

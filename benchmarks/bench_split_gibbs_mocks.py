@@ -68,6 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config/config.yaml")
     ap.add_argument("--results", default="results")
+    ap.add_argument("--model", default=None, help="the prior (default: RESULTS/prior/model.pt)")
     # split-Gibbs settings: the config's (sampling.split_gibbs) unless given
     for key, kind in SETTINGS.items():
         ap.add_argument("--" + key.replace("_", "-"), type=kind, default=None)
@@ -91,7 +92,7 @@ def main() -> None:
     scale_arcmin = float(config["layout"]["pixel_scale_arcmin"])
     pad = int(s["shear_pad"])
 
-    prior = load_prior(res / "prior" / "model.pt")
+    prior = load_prior(args.model or res / "prior" / "model.pt")
     prior.model.eval()
     if prior.normalisation.kind != "affine":
         raise SystemExit("the exact data step needs the affine normalisation")
