@@ -7,12 +7,18 @@ Fourier ring band ``|k|`` (ℓ = |k| ℓ_f), per tomographic bin, with nothing b
 * **the truths against the training ensemble**: the band power of the mock truths over that
   of ``--n-ref`` training cut-outs, and the 5–95 % range of the mean of as many randomly
   chosen cut-outs as there are truths (how typical the validation patches are);
+* with ``--samples``, the split-Gibbs samples that ``bench_split_gibbs_mocks.py`` saved,
+  over the ensemble;
 * **one reverse diffusion** from ``z = x_0 + ρ ε`` (``--rho``, the split-Gibbs floor of the
   default mocks) to the clean map in ``--final-steps`` calls, the last sweep of a
   split-Gibbs draw: with the pipeline's Gaussian-Γ steps (:func:`prior_step`, a draw of
   ``p(x_0 | z)``), and with the probability-flow ODE (DDIM, η = 0: a deterministic map, not a
   draw of ``p(x_0 | z)``, shown for the network's own fidelity); output power over that of
   the ``x_0`` themselves, for training cut-outs and, with ``--truths``, the mock truths;
+* **the network's second moments** (``--parts moments``): on the ensemble's cut-outs at
+  ρ = 0.1–3, per band, Γ/P (the error spectrum), ``(Var x̂_0 + Γ)/P`` (1 when the denoised
+  maps and the error add up to the prior's power, as for an exact denoiser) and
+  ``Cov(x_0 − x̂_0, u)/P`` (0 when the error is uncorrelated with the noisy input);
 * **chains without data** (every shear weight zero, so the chain's draws should be prior
   draws) for each schedule ``SWEEPSxCALLS@LAST_RATIO[+FINAL_STEPS][:FLOOR]`` (ρ from 10 to
   ``FLOOR``; as ``bench_split_gibbs_nongaussian.py``): output power over the ensemble's.
@@ -79,6 +85,39 @@ def probability_flow(model, schedule, z: torch.Tensor, steps) -> torch.Tensor:
     raise ValueError("probability flow: no timesteps")
 
 
+def second_moments(model, schedule, x0: torch.Tensor, seed: int) -> None:
+    """Print Γ/P, (Var x̂_0 + Γ)/P and Cov(x_0 − x̂_0, u)/P per band at six noise levels."""
+    rho = noise_level(schedule)
+    abar = schedule.alphas_cumprod.double().cpu().numpy()
+    gen = torch.Generator().manual_seed(seed)
+    p0 = band_power(x0)
+
+    def cross(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+        fa, fb = torch.fft.fft2(a.double()), torch.fft.fft2(b.double())
+        ring = _ring_index(a.shape[-1])
+        c = (fa * fb.conj()).real.mean(0).numpy()
+        return np.array([[c[i][(ring >= lo) & (ring < hi)].mean() for lo, hi in BANDS]
+                         for i in range(c.shape[0])])  # fmt: skip
+
+    for target in (0.1, 0.3, 0.6, 1.0, 1.7, 3.0):
+        t = int(np.argmin(np.abs(np.log(rho / target))))
+        u = x0 + float(rho[t]) * torch.randn(x0.shape, generator=gen)
+        x_t = math.sqrt(abar[t]) * u
+        tt = torch.full((u.shape[0],), t, dtype=torch.long)
+        with torch.no_grad():
+            x0_hat = torch.cat([x0_eps_from_v(schedule, x_t[i : i + 32], tt[i : i + 32],
+                                              model(x_t[i : i + 32], tt[i : i + 32]).float())[0]
+                                for i in range(0, len(u), 32)])  # fmt: skip
+        err = x0 - x0_hat
+        gamma = band_power(err)
+        for name, value in (
+            ("Γ/P", gamma / p0),
+            ("(Var x̂0 + Γ)/P", (band_power(x0_hat) + gamma) / p0),
+            ("Cov(x0 − x̂0, u)/P", cross(err, u) / p0),
+        ):
+            row(f"ρ {rho[t]:.2f}: {name}", value)
+
+
 def row(name: str, ratio: np.ndarray, seconds: float | None = None) -> None:
     cells = " | ".join(" ".join(f"{v:.2f}" for v in ratio[b]) for b in range(ratio.shape[0]))
     print(f"| {name} | {cells} |" + (f" {seconds:.0f} |" if seconds is not None else " |"))
@@ -101,6 +140,10 @@ def main() -> None:
     ap.add_argument("--final-steps", type=int, default=100)
     ap.add_argument("--truths", action="store_true", help="also from the mock truths")
     ap.add_argument("--schedules", default="20x4@0.3+100:1.7,20x4@0.6+100:1.7")
+    ap.add_argument(
+        "--samples", default=None, help="bench_split_gibbs_mocks.py's --out: its samples' row"
+    )
+    ap.add_argument("--parts", default="diffusions,chains", help="also: moments")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -158,11 +201,21 @@ def main() -> None:
         row(f"mean of {len(truths)} cut-outs / ensemble, 5 %", np.percentile(means, 5, axis=0))
         row(f"mean of {len(truths)} cut-outs / ensemble, 95 %", np.percentile(means, 95, axis=0))
         starts.append(("mock truths", x0_truth))
+    if args.samples:
+        saved = np.load(args.samples)
+        xs = prior.from_kappa(torch.from_numpy(saved["samples"]))  # [sample, patch, bin, n, n]
+        row(
+            f"mock posterior samples ({args.samples}) / ensemble",
+            band_power(xs.flatten(0, 1)) / p_ref,
+        )
 
+    parts = set(args.parts.split(","))
     rho = noise_level(schedule)
+    if "moments" in parts:
+        second_moments(prior.model, schedule, ref[:128], args.seed)
     t_start = int(np.argmin(np.abs(np.log(rho / args.rho))))
     steps = prior_step_timesteps(schedule, t_start, args.final_steps, 0.01 / rho[t_start])
-    for name, x0 in starts:
+    for name, x0 in starts if "diffusions" in parts else []:
         for method in ("Gaussian-Γ steps", "probability-flow ODE"):
             gen = torch.Generator().manual_seed(args.seed)
             z = x0 + float(rho[t_start]) * torch.randn(x0.shape, generator=gen)
@@ -177,7 +230,7 @@ def main() -> None:
                 band_power(out) / band_power(x0),
                 time.perf_counter() - t0,
             )
-    for spec in args.schedules.split(","):
+    for spec in args.schedules.split(",") if "chains" in parts else []:
         plan = plan_of(spec, schedule)
         t0 = time.perf_counter()
         x = split_gibbs_sample(
