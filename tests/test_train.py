@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -27,7 +28,13 @@ from kappadiff.diffusion.data import (
 )
 from kappadiff.diffusion.process import loss, make_schedule
 from kappadiff.diffusion.speed import Speedups
-from kappadiff.diffusion.train import TrainSettings, checkpoint_state, new_state, train
+from kappadiff.diffusion.train import (
+    TrainSettings,
+    checkpoint_state,
+    fingerprint,
+    new_state,
+    train,
+)
 from kappadiff.diffusion.unet import UNetConfig
 from kappadiff.products import ProductError, file_hash
 
@@ -166,6 +173,40 @@ def test_training_reduces_loss(cutout_files):
     with torch.no_grad():
         after = float(loss(state.model, sched, x0, t, noise))
     assert after < 0.8 * before
+
+
+def test_cosine_learning_rate_reaches_the_optimiser(cutout_files):
+    # the rate the optimiser used at each step: the linear warm-up (2 steps) to the peak,
+    # then a half cosine to zero at the last step; "constant" stays at the peak. Exact up to
+    # float rounding (1e-12): a wrong phase or span moves some step's rate by >= 1e-5.
+    arrays = open_cutouts(cutout_files)
+    norm, sched = fit_normalisation(arrays), make_schedule()
+    for schedule in ("constant", "cosine"):
+        settings = TrainSettings(**{**SETTINGS.__dict__, "steps": 10, "lr_schedule": schedule})
+        state, rates = new_state(TINY, settings, torch.device("cpu")), []
+        step = state.optimizer.step
+
+        def record(*a, _step=step, _rates=rates, _state=state, **k):
+            _rates.append(_state.optimizer.param_groups[0]["lr"])
+            return _step(*a, **k)
+
+        state.optimizer.step = record
+        train(state, CutoutSet(arrays, seed=1), sched, norm, settings, progress=False)
+        if schedule == "constant":
+            expected = [5e-4, 1e-3] + [1e-3] * 8
+        else:
+            cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * i / 8)) for i in range(8)]
+            expected = [5e-4, 1e-3] + cosine
+        np.testing.assert_allclose(rates, expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainSettings(**{**SETTINGS.__dict__, "lr_schedule": "linear"})
+    # a resume under another schedule is refused: the schedule is in the fingerprint
+    annealed = TrainSettings(**{**SETTINGS.__dict__, "lr_schedule": "cosine"})
+    data = {"files": 1}
+    assert (
+        fingerprint(TINY, sched, annealed, data)["settings"]
+        != fingerprint(TINY, sched, SETTINGS, data)["settings"]
+    )
 
 
 def _trained(cutout_files, steps):

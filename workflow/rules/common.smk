@@ -131,11 +131,11 @@ def prior_params():
     The GPU speed switches (prior.channels_last, compile, cudnn_benchmark) change no weight
     beyond float rounding, so they are left out.
     """
-    return {
-        "seed": config["seed"],
-        "layout": config["layout"],
-        "prior": without_speed_keys(config["prior"]),
-    }
+    prior = without_speed_keys(config["prior"])
+    if prior.get("lr_schedule") == "constant":
+        # the schedule of every training before the option: their params stay the same
+        del prior["lr_schedule"]
+    return {"seed": config["seed"], "layout": config["layout"], "prior": prior}
 
 
 # Every rule file appends the final products of its stage here; `rule all` builds them.

@@ -58,6 +58,10 @@ class TrainSettings:
         AdamW peak learning rate, reached linearly over ``warmup_steps``.
     warmup_steps
         Linear learning-rate warm-up steps.
+    lr_schedule
+        After the warm-up: ``"constant"`` keeps the peak rate; ``"cosine"`` lowers it along
+        a half cosine to zero at ``steps``, so that a run of a fixed budget ends with its
+        weights annealed rather than still moving at the peak rate.
     weight_decay
         AdamW decoupled weight decay.
     ema_decay
@@ -83,6 +87,13 @@ class TrainSettings:
     min_snr_gamma: float
     bf16: bool
     seed: int
+    lr_schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(
+                f"prior.lr_schedule = {self.lr_schedule!r}: expected 'constant' or 'cosine'"
+            )
 
 
 @dataclass
@@ -108,6 +119,8 @@ def fingerprint(
     """
     s = asdict(settings)
     s.pop("steps")
+    if s["lr_schedule"] == "constant":  # the settings hash of runs from before the option
+        s.pop("lr_schedule")
     parts = {"network": unet.to_dict(), "schedule": schedule.to_dict(), "settings": s, "data": data}
 
     def digest(value: object) -> str:
@@ -190,9 +203,12 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def _lr(settings: TrainSettings, step: int) -> float:
-    if settings.warmup_steps <= 0:
-        return settings.lr
-    return settings.lr * min(1.0, (step + 1) / settings.warmup_steps)
+    warm = 1.0 if settings.warmup_steps <= 0 else min(1.0, (step + 1) / settings.warmup_steps)
+    if settings.lr_schedule == "constant" or step < settings.warmup_steps:
+        return settings.lr * warm
+    span = max(settings.steps - settings.warmup_steps, 1)
+    done = min((step - settings.warmup_steps) / span, 1.0)
+    return settings.lr * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def step_noise(

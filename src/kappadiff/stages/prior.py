@@ -96,6 +96,7 @@ def settings_from_config(config: Mapping[str, Any]) -> tuple[UNetConfig, Any, Tr
         batch_size=p["batch_size"],
         lr=p["lr"],
         warmup_steps=p["warmup_steps"],
+        lr_schedule=p.get("lr_schedule", "constant"),
         weight_decay=p["weight_decay"],
         ema_decay=p["ema_decay"],
         grad_clip=p["grad_clip"],
