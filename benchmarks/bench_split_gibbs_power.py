@@ -19,6 +19,16 @@ Fourier ring band ``|k|`` (ℓ = |k| ℓ_f), per tomographic bin, with nothing b
   ρ = 0.1–3, per band, Γ/P (the error spectrum), ``(Var x̂_0 + Γ)/P`` (1 when the denoised
   maps and the error add up to the prior's power, as for an exact denoiser) and
   ``Cov(x_0 − x̂_0, u)/P`` (0 when the error is uncorrelated with the noisy input);
+* **the network's unconditional draws** (``--parts unconditional``): a reverse diffusion from
+  pure noise (``t = T − 1``) in ``--noise-steps`` calls, with the Gaussian-Γ steps (a
+  stochastic sampler, as every split-Gibbs prior step) and with the probability-flow ODE.
+  For an exact denoiser both draw the prior; where they part, the network's denoiser is not
+  that of any one distribution, and a stochastic sampler inherits the Γ-steps' row;
+* **a Gaussian start** (``--parts gaussian``): ``z = g + ρ ε`` with ``g`` an exact draw of
+  the Gaussian field of the ensemble's mode covariance (:func:`mode_covariance`), then the
+  same reverse diffusion as from cut-outs: what the network makes of a state with the
+  prior's second moments but none of its non-Gaussian structure (an annealing by exact
+  Gaussian steps down to the floor would hand it such a state);
 * **chains without data** (every shear weight zero, so the chain's draws should be prior
   draws) for each schedule ``SWEEPSxCALLS@LAST_RATIO[+FINAL_STEPS][:FLOOR]`` (ρ from 10 to
   ``FLOOR``; as ``bench_split_gibbs_nongaussian.py``): output power over the ensemble's.
@@ -42,6 +52,7 @@ from _config import load_config
 from bench_split_gibbs_nongaussian import no_data, plan_of
 
 from kappadiff.diffusion.checkpoint import load_prior
+from kappadiff.diffusion.gaussian import draw_gaussian, mode_covariance
 from kappadiff.diffusion.process import x0_eps_from_v
 from kappadiff.diffusion.split_gibbs import (
     _ring_index,
@@ -138,12 +149,17 @@ def main() -> None:
     ap.add_argument("--n-ref", type=int, default=256, help="ensemble cut-outs")
     ap.add_argument("--rho", type=float, default=1.7, help="start of the reverse diffusions")
     ap.add_argument("--final-steps", type=int, default=100)
+    ap.add_argument(
+        "--noise-steps", type=int, default=200, help="timesteps asked of the unconditional draws"
+    )
     ap.add_argument("--truths", action="store_true", help="also from the mock truths")
     ap.add_argument("--schedules", default="20x4@0.3+100:1.7,20x4@0.6+100:1.7")
     ap.add_argument(
         "--samples", default=None, help="bench_split_gibbs_mocks.py's --out: its samples' row"
     )
-    ap.add_argument("--parts", default="diffusions,chains", help="also: moments")
+    ap.add_argument(
+        "--parts", default="diffusions,chains", help="also: moments, unconditional, gaussian"
+    )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -179,7 +195,13 @@ def main() -> None:
     print(f"\nbands (|k| {', '.join(f'{lo}–{hi - 1}' for lo, hi in BANDS)}): {bands}")
     print("| row | bin 1 | bin 2 | bin 3 | bin 4 | s |\n|---|---|---|---|---|---|")
 
+    parts = set(args.parts.split(","))
     starts = [("cut-outs", x0_cut)]
+    if "gaussian" in parts:
+        rng = np.random.default_rng(args.seed)
+        gauss = draw_gaussian(mode_covariance(ref.numpy()), args.n_maps, rng)
+        starts.append(("Gaussian draws", torch.from_numpy(gauss.astype(np.float32))))
+        row(f"{args.n_maps} Gaussian draws / ensemble", band_power(gauss) / p_ref)
     if args.truths:
         patches = [int(p) for p in config["validation"]["patches"][: args.n_maps]]
         truths = np.array(
@@ -209,7 +231,6 @@ def main() -> None:
             band_power(xs.flatten(0, 1)) / p_ref,
         )
 
-    parts = set(args.parts.split(","))
     rho = noise_level(schedule)
     if "moments" in parts:
         second_moments(prior.model, schedule, ref[:128], args.seed)
@@ -228,6 +249,22 @@ def main() -> None:
                 f"one reverse diffusion, {method}, ρ {rho[t_start]:.2f}, {len(steps)} calls, "
                 f"from {name} / theirs",
                 band_power(out) / band_power(x0),
+                time.perf_counter() - t0,
+            )
+    if "unconditional" in parts:
+        top = len(rho) - 1
+        noise_steps = prior_step_timesteps(schedule, top, args.noise_steps, 0.01 / rho[top])
+        gen = torch.Generator().manual_seed(args.seed)
+        z = float(rho[top]) * torch.randn((args.n_maps, *ref.shape[1:]), generator=gen)
+        for method in ("Gaussian-Γ steps", "probability-flow ODE"):
+            t0 = time.perf_counter()
+            if method == "probability-flow ODE":
+                out = probability_flow(prior.model, schedule, z, noise_steps)
+            else:
+                out = prior_step(prior.model, schedule, covariance, z, noise_steps, gen)
+            row(
+                f"unconditional, {method}, ρ {rho[top]:.0f}, {len(noise_steps)} calls / ensemble",
+                band_power(out) / p_ref,
                 time.perf_counter() - t0,
             )
     for spec in args.schedules.split(",") if "chains" in parts else []:
