@@ -96,6 +96,13 @@ def probability_flow(model, schedule, z: torch.Tensor, steps) -> torch.Tensor:
     raise ValueError("probability flow: no timesteps")
 
 
+def reverse_diffusion(model, schedule, covariance, method: str, z, steps, gen) -> torch.Tensor:
+    """``z``'s reverse diffusion over ``steps``: the probability-flow ODE or Gaussian-Γ steps."""
+    if method == "probability-flow ODE":
+        return probability_flow(model, schedule, z, steps)
+    return prior_step(model, schedule, covariance, z, steps, gen)
+
+
 def second_moments(model, schedule, x0: torch.Tensor, seed: int) -> None:
     """Print Γ/P, (Var x̂_0 + Γ)/P and Cov(x_0 − x̂_0, u)/P per band at six noise levels."""
     rho = noise_level(schedule)
@@ -241,10 +248,7 @@ def main() -> None:
             gen = torch.Generator().manual_seed(args.seed)
             z = x0 + float(rho[t_start]) * torch.randn(x0.shape, generator=gen)
             t0 = time.perf_counter()
-            if method == "probability-flow ODE":
-                out = probability_flow(prior.model, schedule, z, steps)
-            else:
-                out = prior_step(prior.model, schedule, covariance, z, steps, gen)
+            out = reverse_diffusion(prior.model, schedule, covariance, method, z, steps, gen)
             row(
                 f"one reverse diffusion, {method}, ρ {rho[t_start]:.2f}, {len(steps)} calls, "
                 f"from {name} / theirs",
@@ -258,10 +262,7 @@ def main() -> None:
         z = float(rho[top]) * torch.randn((args.n_maps, *ref.shape[1:]), generator=gen)
         for method in ("Gaussian-Γ steps", "probability-flow ODE"):
             t0 = time.perf_counter()
-            if method == "probability-flow ODE":
-                out = probability_flow(prior.model, schedule, z, noise_steps)
-            else:
-                out = prior_step(prior.model, schedule, covariance, z, noise_steps, gen)
+            out = reverse_diffusion(prior.model, schedule, covariance, method, z, noise_steps, gen)
             row(
                 f"unconditional, {method}, ρ {rho[top]:.0f}, {len(noise_steps)} calls / ensemble",
                 band_power(out) / p_ref,
